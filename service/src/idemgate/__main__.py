@@ -1,0 +1,3 @@
+from idemgate._cli import main
+
+raise SystemExit(main())
