@@ -234,4 +234,3 @@ class GatewayServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-

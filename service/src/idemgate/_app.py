@@ -1,0 +1,80 @@
+"""The FastAPI application: routers, problem answers, request context and storage lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from idemgate import __version__
+from idemgate._deps import get_settings
+from idemgate._observability import RequestContextMiddleware
+from idemgate._problems import (
+    body_too_large_response,
+    install_problem_handlers,
+    internal_error_response,
+)
+from idemgate._records import RecordService, epoch_ms
+from idemgate._routers import health, records
+from idemgate._settings import Settings, load_settings
+from idemgate._storage import Storage, open_storage
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("idemgate")
+# Room for the JSON around the largest result, and for its escapes.
+_BODY_OVERHEAD_BYTES = 64 * 1024
+
+
+async def _sweep_forever(storage: Storage, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            swept = await anyio.to_thread.run_sync(lambda: storage.sweep(now_s=epoch_ms() // 1000))
+        except Exception:
+            logger.exception("sweeping expired records failed")
+        else:
+            if swept:
+                logger.info("swept %d expired records", swept)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway app; ``settings`` default to the ``IDEMGATE_*`` environment."""
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Storage calls block, so the thread pool is the storage concurrency of a worker.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.storage_threads
+        storage = await anyio.to_thread.run_sync(open_storage, settings)
+        app.state.records = RecordService(storage)
+        sweeper = asyncio.create_task(_sweep_forever(storage, settings.sweep_interval_s))
+        logger.info("serving with %s storage", storage.name)
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            storage.close()
+
+    app = FastAPI(
+        title="idemgate",
+        version=__version__,
+        summary="An HTTP idempotency gateway: claim a key, run the work once, replay its result.",
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.include_router(records.router)
+    app.include_router(health.router)
+    install_problem_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware,
+        log_requests=settings.access_log,
+        max_body_bytes=settings.max_result_bytes * 2 + _BODY_OVERHEAD_BYTES,
+        internal_error=internal_error_response,
+        body_too_large=body_too_large_response,
+    )
+    return app

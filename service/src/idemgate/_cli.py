@@ -1,0 +1,87 @@
+"""The ``idemgate`` command: ``serve`` the gateway, ``create-table`` in DynamoDB."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from idemgate._exceptions import IdemgateError
+from idemgate._settings import Settings
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(prog="idemgate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway over HTTP")
+    serve.add_argument("--host", default=defaults.host, help="address to listen on")
+    serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
+    serve.add_argument("--storage", default=defaults.storage, help="storage URL")
+    serve.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+
+    create = commands.add_parser(
+        "create-table", help="create the DynamoDB table with TTL on (harmless to repeat)"
+    )
+    create.add_argument("--storage", default=defaults.storage, help="dynamodb://TABLE?... URL")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    # Worker processes read their settings from the environment, like any other setting.
+    os.environ["IDEMGATE_STORAGE"] = args.storage
+    settings = Settings()
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idemgate-metrics-")
+    from idemgate._observability import configure_logging
+
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        "idemgate._app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+    )
+
+
+def _create_table(args: argparse.Namespace) -> None:
+    from idemgate._storage import parse_dynamodb_url
+    from idemgate._storage._dynamodb import create_table, make_client
+
+    location = parse_dynamodb_url(args.storage)
+    settings = Settings()
+    client = make_client(
+        region=location.region,
+        endpoint_url=location.endpoint_url,
+        pool_size=1,
+        timeout_ms=settings.storage_timeout_ms,
+        max_attempts=settings.storage_max_attempts,
+    )
+    create_table(client, location.table)
+    print(f"table {location.table!r} is ready, with TTL on its expiry attribute")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            _serve(args)
+        else:
+            _create_table(args)
+    except IdemgateError as exc:
+        print(f"idemgate: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,160 @@
+"""The records logic: status, expiry, fingerprint and lease rules, written once above storage.
+
+Times are epoch milliseconds from the gateway's own clock; a record's expiry is kept in whole
+epoch seconds (``expires_at_s``) because DynamoDB's TTL attribute must be, and one attribute
+then serves both the expiry conditions and the clean-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from idemgate._exceptions import (
+    FingerprintMismatchError,
+    InProgressError,
+    LeaseLostError,
+    NotFoundError,
+)
+from idemgate._storage import Record, Status, Storage
+
+__all__ = ["Claim", "RecordService", "ceil_seconds", "epoch_ms"]
+
+# A claim races at most a few writers: each lost race means another caller made progress.
+_CLAIM_ROUNDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to a claim: ``record`` is ours to run when ``claimed``, else a replay."""
+
+    claimed: bool
+    record: Record
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ceil_seconds(ms: int) -> int:
+    return -(-ms // 1000)
+
+
+def _fingerprints_conflict(stored: str | None, sent: str | None) -> bool:
+    return stored is not None and sent is not None and stored != sent
+
+
+class RecordService:
+    """Claim, complete, release, extend, read and delete records on any ``Storage``."""
+
+    def __init__(self, storage: Storage, *, clock: Callable[[], int] = epoch_ms) -> None:
+        self.storage = storage
+        self._clock = clock
+
+    def claim(
+        self, namespace: str, key: str, *, fingerprint: str | None, lease_ms: int, ttl_s: int
+    ) -> Claim:
+        """Claim the key, or answer with its completed record.
+
+        Raises ``FingerprintMismatchError`` or ``InProgressError``.
+        """
+        now = self._clock()
+        lease_expires_at = now + lease_ms
+        fresh = Record(
+            namespace=namespace,
+            key=key,
+            status=Status.IN_PROGRESS,
+            fingerprint=fingerprint,
+            attempt=1,
+            lease_token=secrets.token_urlsafe(18),
+            lease_expires_at=lease_expires_at,
+            ttl_s=ttl_s,
+            expires_at_s=ceil_seconds(lease_expires_at) + ttl_s,
+        )
+        now_s = now // 1000
+        for _ in range(_CLAIM_ROUNDS):
+            stored = self.storage.create(fresh, now_s=now_s)
+            if stored is None:
+                return Claim(claimed=True, record=fresh)
+            if _fingerprints_conflict(stored.fingerprint, fingerprint):
+                raise FingerprintMismatchError
+            if stored.status is Status.COMPLETED:
+                return Claim(claimed=False, record=stored)
+            if stored.lease_expires_at > now:
+                raise InProgressError(lease_expires_at=stored.lease_expires_at, now=now)
+            successor = dataclasses.replace(fresh, attempt=stored.attempt + 1)
+            if self.storage.take_over(successor, previous_token=stored.lease_token):
+                return Claim(claimed=True, record=successor)
+        raise InProgressError(lease_expires_at=lease_expires_at, now=now)
+
+    def complete(
+        self, namespace: str, key: str, *, lease_token: str, result: str, ttl_s: int | None
+    ) -> Record:
+        """Store the result of the holder's work; a repeat by the same holder is harmless.
+
+        Raises ``LeaseLostError``.
+        """
+        now = self._clock()
+        completed = self.storage.complete(
+            namespace,
+            key,
+            lease_token,
+            result=result,
+            completed_at=now,
+            expires_base_s=ceil_seconds(now),
+            ttl_s=ttl_s,
+            now_s=now // 1000,
+        )
+        if completed is not None:
+            return completed
+        stored = self._live(namespace, key, now)
+        if (
+            stored is not None
+            and stored.status is Status.COMPLETED
+            and stored.lease_token == lease_token
+        ):
+            return stored
+        raise LeaseLostError
+
+    def release(self, namespace: str, key: str, *, lease_token: str) -> None:
+        """Forget the holder's claim so a retry can run now; a repeat is harmless.
+
+        Raises ``LeaseLostError`` when someone else holds the key or it is completed.
+        """
+        if self.storage.release(namespace, key, lease_token):
+            return
+        if self._live(namespace, key, self._clock()) is not None:
+            raise LeaseLostError
+
+    def extend(self, namespace: str, key: str, *, lease_token: str, lease_ms: int) -> int:
+        """Move the holder's lease to end ``lease_ms`` from now. Raises ``LeaseLostError``."""
+        now = self._clock()
+        lease_expires_at = now + lease_ms
+        extended = self.storage.extend(
+            namespace,
+            key,
+            lease_token,
+            lease_expires_at=lease_expires_at,
+            expires_base_s=ceil_seconds(lease_expires_at),
+            now_s=now // 1000,
+        )
+        if not extended:
+            raise LeaseLostError
+        return lease_expires_at
+
+    def get(self, namespace: str, key: str) -> Record:
+        """The live record. Raises ``NotFoundError`` when it is absent or expired."""
+        stored = self._live(namespace, key, self._clock())
+        if stored is None:
+            raise NotFoundError(f"No record for key {key!r} in namespace {namespace!r}.")
+        return stored
+
+    def delete(self, namespace: str, key: str) -> None:
+        self.storage.delete(namespace, key)
+
+    def _live(self, namespace: str, key: str, now: int) -> Record | None:
+        stored = self.storage.get(namespace, key)
+        return stored if stored is not None and stored.is_live(now) else None

@@ -1,0 +1,39 @@
+"""Gateway settings, read from ``IDEMGATE_*`` environment variables (see docs/operations.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_STORAGE", "Settings", "load_settings"]
+
+DEFAULT_STORAGE = "sqlite:///data/idemgate.db"
+# DynamoDB caps an item at 400 KB; the rest of the record needs room too.
+DYNAMODB_ITEM_LIMIT_BYTES = 400 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is ``IDEMGATE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="IDEMGATE_", frozen=True)
+
+    storage: str = DEFAULT_STORAGE
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_result_bytes: int = Field(default=262144, ge=1, le=DYNAMODB_ITEM_LIMIT_BYTES - 8192)
+    storage_threads: int = Field(default=32, ge=1)
+    storage_timeout_ms: int = Field(default=2000, ge=1)
+    storage_max_attempts: int = Field(default=2, ge=1)
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@lru_cache
+def load_settings() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings()

@@ -1,0 +1,126 @@
+"""What a storage backend is: a record type and a few atomic operations on it.
+
+Backends only store and compare. Status, expiry, fingerprint and lease rules live once, in
+``idemgate._records``. Every operation is atomic on its own; "live" means
+``expires_at_s > now_s`` and "held by token" means in progress with that ``lease_token``.
+Backends raise ``StorageUnavailableError`` (from the driver's error) when the storage cannot
+answer, and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+__all__ = ["Record", "Status", "Storage"]
+
+
+class Status(enum.StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One idempotency record as stored.
+
+    Times are epoch milliseconds, except ``expires_at_s`` (epoch seconds, as DynamoDB's TTL
+    attribute needs). ``result`` is the completed result as JSON text.
+    """
+
+    namespace: str
+    key: str
+    status: Status
+    fingerprint: str | None
+    attempt: int
+    lease_token: str
+    lease_expires_at: int
+    ttl_s: int
+    expires_at_s: int
+    completed_at: int | None = None
+    result: str | None = None
+
+    def is_live(self, now_ms: int) -> bool:
+        return self.expires_at_s * 1000 > now_ms
+
+
+class Storage(ABC):
+    """The atomic operations every backend implements, each one a single transaction."""
+
+    name: str
+
+    @abstractmethod
+    def get(self, namespace: str, key: str) -> Record | None:
+        """The stored record, read strongly consistently, live or expired; None if absent."""
+
+    @abstractmethod
+    def create(self, record: Record, *, now_s: int) -> Record | None:
+        """Store ``record`` unless a live record has its name.
+
+        Returns None when ``record`` was written; otherwise writes nothing and returns the live
+        record that blocked it, as read in the same atomic step.
+        """
+
+    @abstractmethod
+    def take_over(self, record: Record, *, previous_token: str) -> bool:
+        """Replace the stored record with ``record`` if it is held by ``previous_token``.
+
+        Returns whether it was replaced.
+        """
+
+    @abstractmethod
+    def complete(
+        self,
+        namespace: str,
+        key: str,
+        lease_token: str,
+        *,
+        result: str,
+        completed_at: int,
+        expires_base_s: int,
+        ttl_s: int | None,
+        now_s: int,
+    ) -> Record | None:
+        """Mark the live record held by ``lease_token`` completed with ``result``.
+
+        Sets ``completed_at``, stores ``ttl_s`` when given, and sets ``expires_at_s`` to
+        ``expires_base_s`` plus the (new or stored) ``ttl_s``. Returns the completed record, or
+        None, changing nothing, when the record is not live or not held by ``lease_token``.
+        """
+
+    @abstractmethod
+    def extend(
+        self,
+        namespace: str,
+        key: str,
+        lease_token: str,
+        *,
+        lease_expires_at: int,
+        expires_base_s: int,
+        now_s: int,
+    ) -> bool:
+        """Set the lease end of the live record held by ``lease_token``.
+
+        Also sets ``expires_at_s`` to ``expires_base_s`` plus the stored ``ttl_s``, so an
+        in-progress record outlives its lease. Returns whether the record was changed.
+        """
+
+    @abstractmethod
+    def release(self, namespace: str, key: str, lease_token: str) -> bool:
+        """Delete the record if it is held by ``lease_token``; returns whether it was."""
+
+    @abstractmethod
+    def delete(self, namespace: str, key: str) -> None:
+        """Delete the record whatever its state; absent is fine."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise ``StorageUnavailableError`` unless the storage answers right now."""
+
+    def sweep(self, *, now_s: int) -> int:
+        """Delete expired records, for storage without a TTL of its own; returns how many."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - most backends have nothing to close
+        """Release connections."""

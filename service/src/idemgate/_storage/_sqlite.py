@@ -1,0 +1,246 @@
+"""SQLite storage: the embedded default, one file shared safely by several worker processes.
+
+WAL mode lets readers run beside the one writer; every write is one ``BEGIN IMMEDIATE``
+transaction, so two processes never interleave a read and a write of the same record.
+``synchronous=NORMAL`` keeps every committed record across a process crash or restart (a power
+cut may lose the last transactions; see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from idemgate._exceptions import StorageUnavailableError
+from idemgate._storage._base import Record, Status, Storage
+
+__all__ = ["SQLiteStorage"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    fingerprint TEXT,
+    attempt INTEGER NOT NULL,
+    lease_token TEXT NOT NULL,
+    lease_expires_at INTEGER NOT NULL,
+    ttl_s INTEGER NOT NULL,
+    expires_at_s INTEGER NOT NULL,
+    completed_at INTEGER,
+    result TEXT,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_by_expiry ON records (expires_at_s);
+"""
+_COLUMNS = (
+    "namespace, key, status, fingerprint, attempt, lease_token, lease_expires_at, ttl_s, "
+    "expires_at_s, completed_at, result"
+)
+_HELD = "namespace = ? AND key = ? AND status = 'in_progress' AND lease_token = ?"
+_SWEEP_BATCH = 1000
+
+
+def _record(row: Any) -> Record:
+    namespace, key, status, fingerprint, attempt, token, lease, ttl_s, expires, done, result = row
+    return Record(
+        namespace=namespace,
+        key=key,
+        status=Status(status),
+        fingerprint=fingerprint,
+        attempt=attempt,
+        lease_token=token,
+        lease_expires_at=lease,
+        ttl_s=ttl_s,
+        expires_at_s=expires,
+        completed_at=done,
+        result=result,
+    )
+
+
+def _row(record: Record) -> tuple[object, ...]:
+    return (
+        record.namespace,
+        record.key,
+        record.status.value,
+        record.fingerprint,
+        record.attempt,
+        record.lease_token,
+        record.lease_expires_at,
+        record.ttl_s,
+        record.expires_at_s,
+        record.completed_at,
+        record.result,
+    )
+
+
+class SQLiteStorage(Storage):
+    """Records in one SQLite file, one connection per thread."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection().executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageUnavailableError(f"cannot open SQLite file {self.path}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        try:
+            row = (
+                self._connection()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM records WHERE namespace = ? AND key = ?",
+                    (namespace, key),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
+        return _record(row) if row else None
+
+    def create(self, record: Record, *, now_s: int) -> Record | None:
+        with self._transaction() as connection:
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM records "
+                "WHERE namespace = ? AND key = ? AND expires_at_s > ?",
+                (record.namespace, record.key, now_s),
+            ).fetchone()
+            if row:
+                return _record(row)
+            connection.execute(
+                f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                _row(record),
+            )
+            return None
+
+    def take_over(self, record: Record, *, previous_token: str) -> bool:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                f"UPDATE records SET ({_COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?) WHERE {_HELD}",
+                (*_row(record), record.namespace, record.key, previous_token),
+            )
+            return cursor.rowcount == 1
+
+    def complete(
+        self,
+        namespace: str,
+        key: str,
+        lease_token: str,
+        *,
+        result: str,
+        completed_at: int,
+        expires_base_s: int,
+        ttl_s: int | None,
+        now_s: int,
+    ) -> Record | None:
+        with self._transaction() as connection:
+            row = connection.execute(
+                "UPDATE records SET status = 'completed', result = ?, completed_at = ?, "
+                "ttl_s = coalesce(?, ttl_s), expires_at_s = ? + coalesce(?, ttl_s) "
+                f"WHERE {_HELD} AND expires_at_s > ? RETURNING {_COLUMNS}",
+                (
+                    result,
+                    completed_at,
+                    ttl_s,
+                    expires_base_s,
+                    ttl_s,
+                    namespace,
+                    key,
+                    lease_token,
+                    now_s,
+                ),
+            ).fetchone()
+            return _record(row) if row else None
+
+    def extend(
+        self,
+        namespace: str,
+        key: str,
+        lease_token: str,
+        *,
+        lease_expires_at: int,
+        expires_base_s: int,
+        now_s: int,
+    ) -> bool:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE records SET lease_expires_at = ?, expires_at_s = ? + ttl_s "
+                f"WHERE {_HELD} AND expires_at_s > ?",
+                (lease_expires_at, expires_base_s, namespace, key, lease_token, now_s),
+            )
+            return cursor.rowcount == 1
+
+    def release(self, namespace: str, key: str, lease_token: str) -> bool:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                f"DELETE FROM records WHERE {_HELD}", (namespace, key, lease_token)
+            )
+            return cursor.rowcount == 1
+
+    def delete(self, namespace: str, key: str) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                "DELETE FROM records WHERE namespace = ? AND key = ?", (namespace, key)
+            )
+
+    def check(self) -> None:
+        try:
+            self._connection().execute("SELECT 1 FROM records LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
+
+    def sweep(self, *, now_s: int) -> int:
+        deleted = 0
+        while True:
+            with self._transaction() as connection:
+                batch = connection.execute(
+                    "DELETE FROM records WHERE (namespace, key) IN (SELECT namespace, key "
+                    "FROM records WHERE expires_at_s <= ? LIMIT ?)",
+                    (now_s, _SWEEP_BATCH),
+                ).rowcount
+            deleted += batch
+            if batch < _SWEEP_BATCH:
+                return deleted
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
