@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -59,18 +60,22 @@ class ExtendBody(_Body):
 BodyModel = TypeVar("BodyModel", bound=_Body)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_body(model: type[BodyModel]) -> Callable[[Request], Any]:
     """A dependency parsing the body as JSON (whatever its Content-Type) into ``model``.
 
-    An empty body is ``{}``. orjson parses, so the result stored later is re-serialised by the
-    same library and every value it accepted is replayed exactly.
+    An empty body is ``{}``. The standard library parses, because it keeps integers of any size
+    exact; ``_result_json`` serialises with it too, so every accepted result replays exactly.
     """
 
     async def parse(request: Request) -> BodyModel:
         raw = await request.body()
         try:
-            data = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError as exc:
+            data = json.loads(raw, parse_constant=_refuse_constant) if raw.strip() else {}
+        except (ValueError, RecursionError) as exc:
             raise InvalidRequestError(f"body: not valid JSON: {exc}") from exc
         try:
             return model.model_validate(data)
@@ -92,6 +97,24 @@ def _json(body: dict[str, Any], status_code: int = 200, **headers: str) -> Respo
     return Response(
         orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
     )
+
+
+def _result_json(result: Any, max_bytes: int) -> str:
+    """The result as compact JSON text, exactly as it will be replayed."""
+    try:
+        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        # A lone surrogate escape cannot be UTF-8: keep it escaped, which is still valid JSON.
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        size = len(text)
+    except ValueError as exc:  # a number too large for a float, parsed as infinity
+        raise InvalidRequestError(f"body.result: {exc}") from exc
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"The result is {size} bytes of JSON; this gateway stores at most {max_bytes}."
+        )
+    return text
 
 
 def _completed(record: Record) -> dict[str, Any]:
@@ -148,18 +171,13 @@ async def complete(
     records: RecordsDep,
     settings: SettingsDep,
 ) -> Response:
-    result = orjson.dumps(body.result)
-    if len(result) > settings.max_result_bytes:
-        raise PayloadTooLargeError(
-            f"The result is {len(result)} bytes of JSON; this gateway stores at most "
-            f"{settings.max_result_bytes}."
-        )
+    result = _result_json(body.result, settings.max_result_bytes)
     record = await run_in_threadpool(
         records.complete,
         namespace,
         key,
         lease_token=body.lease_token,
-        result=result.decode(),
+        result=result,
         ttl_s=body.ttl_s,
     )
     return _json(_completed(record))
