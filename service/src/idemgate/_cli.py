@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from idemgate._storage import parse_storage_url
+
+    parse_storage_url(args.storage)
     # Worker processes read their settings from the environment, like any other setting.
     os.environ["IDEMGATE_STORAGE"] = args.storage
     settings = Settings()
@@ -58,14 +61,16 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _create_table(args: argparse.Namespace) -> None:
-    from idemgate._storage import parse_dynamodb_url
+    from idemgate._exceptions import ConfigurationError
+    from idemgate._storage import DynamoDBLocation, parse_storage_url
     from idemgate._storage._dynamodb import create_table, make_client
 
-    location = parse_dynamodb_url(args.storage)
+    location = parse_storage_url(args.storage)
+    if not isinstance(location, DynamoDBLocation):
+        raise ConfigurationError("create-table needs a dynamodb://TABLE?... storage URL")
     settings = Settings()
     client = make_client(
-        region=location.region,
-        endpoint_url=location.endpoint_url,
+        location,
         pool_size=1,
         timeout_ms=settings.storage_timeout_ms,
         max_attempts=settings.storage_max_attempts,

@@ -156,7 +156,10 @@ class DynamoDBLocal:
 
 
 class GatewayServer:
-    """``idemgate serve`` in a subprocess on 127.0.0.1, ready once ``/readyz`` answers 200."""
+    """``idemgate serve`` in a subprocess on 127.0.0.1, ready once ``ready_path`` answers 200.
+
+    Wait for ``/healthz`` instead of ``/readyz`` to start a gateway whose storage is down.
+    """
 
     def __init__(
         self,
@@ -166,8 +169,10 @@ class GatewayServer:
         workers: int = 1,
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        ready_path: str = "/readyz",
     ) -> None:
         self.storage = storage
+        self.ready_path = ready_path
         self.port = port or free_port()
         self.workers = workers
         self.env = {**os.environ, **(env or {})}
@@ -212,7 +217,7 @@ class GatewayServer:
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)
             with contextlib.suppress(OSError):
-                connection.request("GET", "/readyz")
+                connection.request("GET", self.ready_path)
                 if connection.getresponse().status == 200:
                     return
             connection.close()

@@ -23,7 +23,15 @@ from idemgate._storage._base import Record, Status, Storage
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-__all__ = ["PARTITION_KEY", "TTL_ATTRIBUTE", "DynamoDBStorage", "create_table"]
+    from idemgate._storage import DynamoDBLocation
+
+__all__ = [
+    "PARTITION_KEY",
+    "TTL_ATTRIBUTE",
+    "DynamoDBStorage",
+    "create_table",
+    "make_client",
+]
 
 PARTITION_KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
@@ -116,9 +124,8 @@ def _unavailable_on_error(table: str) -> Iterator[None]:
 
 
 def make_client(
+    location: DynamoDBLocation,
     *,
-    region: str | None,
-    endpoint_url: str | None,
     pool_size: int,
     timeout_ms: int,
     max_attempts: int,
@@ -132,7 +139,10 @@ def make_client(
         tcp_keepalive=True,
     )
     return boto3.session.Session().client(
-        "dynamodb", region_name=region, endpoint_url=endpoint_url, config=config
+        "dynamodb",
+        region_name=location.region,
+        endpoint_url=location.endpoint_url,
+        config=config,
     )
 
 
