@@ -49,5 +49,8 @@ pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP)
 
 test: lint typecheck pytest
 
+stack: $(VENV)/.synced $(DDB_LOCAL_STAMP)
+	$(VENV)/bin/python tools/stack.py
+
 clean:
 	rm -rf $(VENV) .tools .cache .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,6 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from idemgate import __version__
-from idemgate._deps import get_settings
 from idemgate._observability import RequestContextMiddleware
 from idemgate._problems import (
     body_too_large_response,
@@ -66,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="An HTTP idempotency gateway: claim a key, run the work once, replay its result.",
         lifespan=lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     app.include_router(records.router)
     app.include_router(health.router)
     install_problem_handlers(app)

@@ -7,14 +7,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from idemgate._records import RecordService
-from idemgate._settings import Settings, load_settings
+from idemgate._settings import Settings
 
 __all__ = ["RecordsDep", "SettingsDep", "get_records", "get_settings"]
 
 
-async def get_settings() -> Settings:
-    """The gateway's settings; tests override this dependency."""
-    return load_settings()
+async def get_settings(request: Request) -> Settings:
+    """The settings the app was created with; tests may override this dependency."""
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_records(request: Request) -> RecordService:

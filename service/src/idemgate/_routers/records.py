@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request
@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from idemgate._deps import RecordsDep, SettingsDep
 from idemgate._exceptions import InvalidRequestError, PayloadTooLargeError
+from idemgate._records import RecordService
 from idemgate._storage import Record
 
 __all__ = ["router"]
@@ -90,6 +91,22 @@ def _body_schema(model: type[_Body]) -> dict[str, Any]:
     return {"requestBody": {"required": model is not ClaimBody, "content": schema}}
 
 
+Answer = TypeVar("Answer")
+Params = ParamSpec("Params")
+
+
+async def _run(
+    records: RecordService,
+    operation: Callable[Params, Answer],
+    *args: Params.args,
+    **kwargs: Params.kwargs,
+) -> Answer:
+    """Run a records operation on the event loop, or in a worker thread if storage blocks."""
+    if records.storage.blocking:
+        return await run_in_threadpool(operation, *args, **kwargs)
+    return operation(*args, **kwargs)
+
+
 router = APIRouter(prefix="/v1/records/{namespace}/{key}", tags=["records"])
 
 
@@ -134,7 +151,8 @@ async def claim(
     records: RecordsDep,
     request: Request,
 ) -> Response:
-    answer = await run_in_threadpool(
+    answer = await _run(
+        records,
         records.claim,
         namespace,
         key,
@@ -172,7 +190,8 @@ async def complete(
     settings: SettingsDep,
 ) -> Response:
     result = _result_json(body.result, settings.max_result_bytes)
-    record = await run_in_threadpool(
+    record = await _run(
+        records,
         records.complete,
         namespace,
         key,
@@ -195,7 +214,7 @@ async def release(
     body: Annotated[ReleaseBody, Depends(_json_body(ReleaseBody))],
     records: RecordsDep,
 ) -> Response:
-    await run_in_threadpool(records.release, namespace, key, lease_token=body.lease_token)
+    await _run(records, records.release, namespace, key, lease_token=body.lease_token)
     return Response(status_code=204)
 
 
@@ -210,15 +229,20 @@ async def extend(
     body: Annotated[ExtendBody, Depends(_json_body(ExtendBody))],
     records: RecordsDep,
 ) -> Response:
-    lease_expires_at = await run_in_threadpool(
-        records.extend, namespace, key, lease_token=body.lease_token, lease_ms=body.lease_ms
+    lease_expires_at = await _run(
+        records,
+        records.extend,
+        namespace,
+        key,
+        lease_token=body.lease_token,
+        lease_ms=body.lease_ms,
     )
     return _json({"lease_expires_at": lease_expires_at})
 
 
 @router.get("", summary="Read a record (never its lease token)")
 async def read(namespace: Namespace, key: Key, records: RecordsDep) -> Response:
-    record = await run_in_threadpool(records.get, namespace, key)
+    record = await _run(records, records.get, namespace, key)
     return _json(
         {
             "namespace": record.namespace,
@@ -236,5 +260,5 @@ async def read(namespace: Namespace, key: Key, records: RecordsDep) -> Response:
 
 @router.delete("", status_code=204, summary="Delete a record so the work runs again")
 async def delete(namespace: Namespace, key: Key, records: RecordsDep) -> Response:
-    await run_in_threadpool(records.delete, namespace, key)
+    await _run(records, records.delete, namespace, key)
     return Response(status_code=204)

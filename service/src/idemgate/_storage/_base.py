@@ -49,6 +49,8 @@ class Storage(ABC):
     """The atomic operations every backend implements, each one a single transaction."""
 
     name: str
+    #: Whether calls wait on a network, and so must run off the event loop, in worker threads.
+    blocking: bool = True
 
     @abstractmethod
     def get(self, namespace: str, key: str) -> Record | None:
