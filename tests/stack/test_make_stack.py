@@ -1,0 +1,132 @@
+"""`make stack` as a person runs it: real processes on 127.0.0.1:8000 and :8080, then stopped.
+
+Each test starts `make` in a session of its own, so every process of the stack can be found (and
+shown to be gone) by that session's id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+GATEWAY = "http://127.0.0.1:8080"
+STACK_PORTS = (8000, 8080)
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+# In compose, the gateway listens on its container's every interface and reaches DynamoDB by
+# service name; on this machine both are loopback.
+LOOPBACK = {"0.0.0.0": "127.0.0.1", "http://dynamodb:8000": "http://127.0.0.1:8000"}
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _session_processes(session: int) -> dict[int, list[str]]:
+    """The command lines of the live (not zombie) processes in ``session``, by PID."""
+    processes = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            # Fields after the parenthesised command name: state, ppid, pgrp, session, ...
+            state, _ppid, _pgrp, sid = (entry / "stat").read_text().rpartition(")")[2].split()[:4]
+            if int(sid) == session and state != "Z":
+                argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+                processes[int(entry.name)] = [arg.decode() for arg in argv]
+    return processes
+
+
+def _environment(pid: int) -> dict[str, str]:
+    entries = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
+
+
+def _on_loopback(value: str) -> str:
+    for container_address, loopback_address in LOOPBACK.items():
+        value = value.replace(container_address, loopback_address)
+    return value
+
+
+def _wait_until_ready(make: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert make.poll() is None, f"make stack exited with {make.returncode}"
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{GATEWAY}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail("make stack did not serve a ready gateway in time")
+
+
+@pytest.fixture
+def make_stack(root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`make stack` running and ready; stopped by the test, killed here only if the test failed."""
+    busy = [port for port in STACK_PORTS if _listening(port)]
+    assert not busy, f"ports {busy} are taken: stop the other stack or `make run` first"
+    make = subprocess.Popen(["make", "stack"], cwd=root, start_new_session=True)
+    try:
+        _wait_until_ready(make)
+        yield make
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+
+
+def _assert_stops_cleanly(make: subprocess.Popen[bytes]) -> None:
+    make.wait(STOP_TIMEOUT_S)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _session_processes(make.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _session_processes(make.pid) == {}
+    assert not any(_listening(port) for port in STACK_PORTS)
+
+
+def test_stack_serves_a_claim_complete_round_trip_and_ctrl_c_stops_it_all(
+    make_stack: subprocess.Popen[bytes], compose: dict[str, Any]
+) -> None:
+    with httpx.Client(base_url=f"{GATEWAY}/v1/records/stack-test", timeout=5) as http:
+        claimed = http.post("/order-1/claim", json={"fingerprint": "f1"})
+        assert claimed.status_code == 201
+        completed = http.post(
+            "/order-1/complete",
+            json={"lease_token": claimed.json()["lease_token"], "result": {"charged": 42}},
+        )
+        assert completed.status_code == 200
+        replayed = http.post("/order-1/claim", json={"fingerprint": "f1"})
+        assert replayed.status_code == 200
+        assert replayed.headers["Idempotent-Replayed"] == "true"
+        assert replayed.json()["result"] == {"charged": 42}
+
+    # The gateway runs the compose gateway's command and environment, on loopback.
+    processes = _session_processes(make_stack.pid)
+    [(pid, argv)] = [(pid, argv) for pid, argv in processes.items() if "serve" in argv]
+    gateway = compose["services"]["gateway"]
+    script = next(i for i, arg in enumerate(argv) if Path(arg).name == gateway["command"][0])
+    assert argv[script + 1 :] == [_on_loopback(arg) for arg in gateway["command"][1:]]
+    environment = _environment(pid)
+    for name, value in gateway["environment"].items():
+        assert environment[name] == _on_loopback(str(value))
+    assert any("DynamoDBLocal.jar" in " ".join(argv) for argv in processes.values())
+
+    # Ctrl-C in a terminal signals the whole foreground process group.
+    os.killpg(make_stack.pid, signal.SIGINT)
+    _assert_stops_cleanly(make_stack)
+
+
+def test_sigterm_to_make_alone_stops_every_process_of_the_stack(
+    make_stack: subprocess.Popen[bytes],
+) -> None:
+    # `kill <pid of make>`: make passes SIGTERM on to the stack, which stops its children itself.
+    make_stack.terminate()
+    _assert_stops_cleanly(make_stack)

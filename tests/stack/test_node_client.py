@@ -1,0 +1,148 @@
+"""The Node.js example client (examples/node) against a live gateway, on both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from idemgate.testing import GatewayServer
+from lambda_adapter import GatewayPersistenceLayer, IdempotencyConfig, idempotent
+
+FUNCTION_NAME = "orders-prod"
+EVENT = {
+    "order": "o-1",
+    "amount": 12.5,
+    "items": [{"sku": "café-1", "qty": 2}],
+    "meta": {"z": 1e21, "a": 0.1, "emoji": "\U0001f600"},
+}
+NODE_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    executable = shutil.which("node")
+    if executable is None:
+        pytest.fail("the Node.js client tests need Node.js 20+: install nodejs", pytrace=False)
+    return executable
+
+
+def _start_invocation(
+    node: str, root: Path, gateway: GatewayServer, namespace: str, effects: Path, **env: str
+) -> subprocess.Popen[str]:
+    environment = {
+        **os.environ,
+        "IDEMGATE_URL": gateway.url,
+        "IDEMGATE_NAMESPACE": namespace,
+        "EVENT": json.dumps(EVENT),
+        "FUNCTION_NAME": FUNCTION_NAME,
+        "HANDLER_NAME": "index.handler",
+        "EFFECTS": str(effects),
+        **env,
+    }
+    script = root / "tests" / "stack" / "node" / "invoke.mjs"
+    return subprocess.Popen([node, script], env=environment, stdout=subprocess.PIPE, text=True)
+
+
+def _report(process: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, _ = process.communicate(timeout=NODE_TIMEOUT_S)
+    assert process.returncode == 0
+    report: dict[str, Any] = json.loads(stdout)
+    return report
+
+
+def test_node_unit_tests_pass_including_the_shared_canonical_json_vectors(
+    node: str, root: Path
+) -> None:
+    run = subprocess.run(
+        [node, "--test", "examples/node/test/"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "# fail 0" in run.stdout
+
+
+def test_twenty_concurrent_duplicates_run_the_work_exactly_once(
+    node: str, root: Path, gateway: GatewayServer, namespace: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects"
+    start_at = str(int(time.time() * 1000) + 2000)
+    processes = [
+        _start_invocation(
+            node, root, gateway, namespace, effects, WORK_MS="1000", START_AT=start_at
+        )
+        for _ in range(20)
+    ]
+    reports = [_report(process) for process in processes]
+
+    assert len(effects.read_text().splitlines()) == 1
+    [winner] = [report for report in reports if report["ran"]]
+    others = [report for report in reports if not report["ran"]]
+    for report in others:
+        assert report.get("code") == "IN_PROGRESS" or report.get("result") == winner["result"]
+    assert any(report.get("code") == "IN_PROGRESS" for report in others)
+    # Once done, a duplicate replays the stored result without running the work.
+    replay = _report(_start_invocation(node, root, gateway, namespace, effects))
+    assert replay["ran"] is False
+    assert replay["result"] == winner["result"]
+    assert len(effects.read_text().splitlines()) == 1
+
+
+def test_failed_work_is_released_so_a_retry_runs_at_once(
+    node: str, root: Path, gateway: GatewayServer, namespace: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects"
+    failed = _report(_start_invocation(node, root, gateway, namespace, effects, FAIL="1"))
+    assert failed["ran"] is True
+    assert failed["error"] == "Error"
+    retried = _report(_start_invocation(node, root, gateway, namespace, effects))
+    assert retried["ran"] is True
+    assert "result" in retried
+    assert len(effects.read_text().splitlines()) == 2
+
+
+def python_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
+    return {"processedBy": "python", "order": event["order"]}
+
+
+class _LambdaContext:
+    aws_request_id = "python-1"
+    function_name = FUNCTION_NAME
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+def test_node_and_python_make_the_same_key_and_fingerprint_for_the_same_event(
+    node: str, root: Path, gateway: GatewayServer, namespace: str, tmp_path: Path
+) -> None:
+    store = GatewayPersistenceLayer(url=gateway.url, namespace=namespace)
+    handler = idempotent(
+        persistence_store=store, config=IdempotencyConfig(payload_validation_jmespath="@")
+    )(python_handler)
+    python_result = handler(json.loads(json.dumps(EVENT)), _LambdaContext())
+
+    # The Node handler named like the Python one: its Lambda handler setting, module.function.
+    handler_name = f"{python_handler.__module__}.{python_handler.__qualname__}"
+    effects = tmp_path / "effects"
+    report = _report(
+        _start_invocation(node, root, gateway, namespace, effects, HANDLER_NAME=handler_name)
+    )
+
+    # A replay of Python's result: same key, and no FINGERPRINT_MISMATCH, so same fingerprint.
+    assert report["ran"] is False
+    assert report["result"] == python_result
+    record = httpx.get(f"{gateway.url}/v1/records/{namespace}/{report['key']}").json()
+    assert record["status"] == "completed"
+    assert record["fingerprint"] == report["fingerprint"]
