@@ -1,0 +1,103 @@
+"""Canonical JSON: one byte string per JSON value, reproducible in any language.
+
+The rules are RFC 8785 (JCS), so Node's and Java's JCS libraries agree with it, plus one
+extension: integers too large for a double keep all their digits instead of being rounded (two
+distinct order numbers must never share an idempotency key). docs/lambda-adapter.md states the
+rules; docs/canonical-json-vectors.json holds the vectors every client is tested against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from json.encoder import encode_basestring
+from typing import Any
+
+__all__ = ["canonical_json", "sha256_hex"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical UTF-8 bytes of ``value``: TypeError for non-JSON types, ValueError for NaN."""
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts).encode()
+
+
+def sha256_hex(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def _write(value: Any, parts: list[str]) -> None:
+    # bool before int: True is an int in Python.
+    if value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, str):
+        parts.append(_string(value))
+    elif isinstance(value, int):
+        parts.append(str(int(value)))
+    elif isinstance(value, float):
+        parts.append(_number(value))
+    elif isinstance(value, dict):
+        parts.append("{")
+        for index, key in enumerate(sorted(value, key=_utf16_order)):
+            if not isinstance(key, str):
+                raise TypeError(f"object keys must be strings, not {type(key).__name__}")
+            parts.append("," if index else "")
+            parts.append(_string(key))
+            parts.append(":")
+            _write(value[key], parts)
+        parts.append("}")
+    elif isinstance(value, list | tuple):
+        parts.append("[")
+        for index, item in enumerate(value):
+            parts.append("," if index else "")
+            _write(item, parts)
+        parts.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _utf16_order(key: object) -> bytes:
+    # JCS sorts by UTF-16 code units, as JavaScript does; Python's str order is by code point,
+    # which differs once a key holds characters beyond U+FFFF.
+    return key.encode("utf-16-be", "surrogatepass") if isinstance(key, str) else b""
+
+
+def _string(text: str) -> str:
+    quoted: str = encode_basestring(text)
+    if text.isascii() or not _SURROGATE.search(quoted):
+        return quoted
+    # A lone surrogate cannot be UTF-8; JSON.stringify writes it as an escape.
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", quoted)
+
+
+def _number(value: float) -> str:
+    """ECMAScript's Number::toString, from the same shortest round-trip digits as repr()."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not a JSON number")
+    if value == 0:
+        return "0"  # also -0.0
+    mantissa, _, exponent = repr(abs(value)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    # value = 0.DIGITS x 10**point
+    point = len(whole) + int(exponent or 0) - (len(whole + fraction) - len(digits))
+    digits = digits.rstrip("0")
+    sign = "-" if value < 0 else ""
+    count = len(digits)
+    if count <= point <= 21:
+        return sign + digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return sign + digits[:point] + "." + digits[point:]
+    if -6 < point <= 0:
+        return sign + "0." + "0" * -point + digits
+    power = point - 1
+    fraction_part = "." + digits[1:] if count > 1 else ""
+    return f"{sign}{digits[0]}{fraction_part}e{'+' if power > 0 else '-'}{abs(power)}"

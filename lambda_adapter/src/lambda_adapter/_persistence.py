@@ -1,0 +1,294 @@
+"""GatewayPersistenceLayer: the gateway's records API, bounded by the invocation's deadline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._config import LambdaContext
+from ._exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyError,
+    IdempotencyUnavailableError,
+    IdempotencyValidationError,
+)
+from ._incidents import Metric, emit_metric, log_incident
+from ._transport import DeadlineTransport, call_deadline
+
+__all__ = ["Claimed", "GatewayPersistenceLayer", "Invocation", "Replayed", "backoff"]
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 1.0
+_MAX_LEASE_MS = 900_000  # the gateway's limit, and Lambda's: 15 minutes
+
+
+def backoff(attempt: int) -> float:
+    """Full jitter: uniform over [0, min(cap, base * 2**attempt)] seconds."""
+    return random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+
+
+class Invocation:
+    """What one invocation knows: who it is, how long it may wait, how long to lease.
+
+    Its budget for gateway calls ends ``reserve_ms`` before Lambda's deadline, leaving time to
+    recover; with no Lambda context it is unbounded (each call is still capped).
+    """
+
+    __slots__ = ("deadline", "function_name", "lease_ms", "request_id")
+
+    def __init__(
+        self, context: LambdaContext | None, *, reserve_ms: int, default_lease_ms: int
+    ) -> None:
+        if context is None:
+            self.request_id: str | None = None
+            self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "local")
+            self.deadline: float | None = None
+            self.lease_ms = default_lease_ms
+        else:
+            remaining_ms = context.get_remaining_time_in_millis()
+            self.request_id = context.aws_request_id
+            self.function_name = context.function_name
+            self.deadline = time.monotonic() + (remaining_ms - reserve_ms) / 1000
+            # The lease ends when Lambda would end the invocation, so a retry after a crash or
+            # a timeout can take over at once.
+            self.lease_ms = min(max(remaining_ms, 1), _MAX_LEASE_MS)
+
+    def time_left(self) -> float:
+        """Seconds left in the budget."""
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: dict[str, Any]  # empty when the answer was not a JSON object
+    headers: httpx.Headers
+
+    @property
+    def code(self) -> str:
+        return str(self.body.get("code") or f"HTTP_{self.status}")
+
+    @property
+    def gateway_request_id(self) -> str | None:
+        request_id: str | None = self.headers.get("x-request-id")
+        return request_id
+
+
+class GatewayPersistenceLayer:
+    """Where idempotency records live: an idemgate gateway, reached over HTTP.
+
+    Create one per process, outside the handler, so its connections are reused across
+    invocations. ``url``, ``namespace`` and ``token`` default to the environment variables
+    ``IDEMGATE_URL``, ``IDEMGATE_NAMESPACE`` (else ``AWS_LAMBDA_FUNCTION_NAME``) and
+    ``IDEMGATE_TOKEN``. ``metrics_namespace`` turns on CloudWatch EMF metric lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        namespace: str | None = None,
+        token: str | None = None,
+        reserve_ms: int = 500,
+        max_call_ms: int = 3000,
+        max_attempts: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        metrics_namespace: str | None = None,
+    ) -> None:
+        url = url or os.environ.get("IDEMGATE_URL")
+        namespace = (
+            namespace
+            or os.environ.get("IDEMGATE_NAMESPACE")
+            or os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        )
+        token = token or os.environ.get("IDEMGATE_TOKEN")
+        if not url:
+            raise ValueError("the gateway URL is missing: pass url= or set IDEMGATE_URL")
+        base = httpx.URL(url)
+        if base.scheme not in ("http", "https"):
+            raise ValueError(f"the gateway URL must be http or https, not {url!r}")
+        if namespace is None or not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(
+                f"namespace {namespace!r} must match {_NAMESPACE.pattern}: pass namespace= "
+                "or set IDEMGATE_NAMESPACE"
+            )
+        if reserve_ms < 0 or max_call_ms < 1 or max_attempts < 1:
+            raise ValueError("reserve_ms must be >= 0, max_call_ms and max_attempts >= 1")
+        self.url = str(base).rstrip("/")
+        self.namespace = namespace
+        self.reserve_ms = reserve_ms
+        self.max_call_ms = max_call_ms
+        self.max_attempts = max_attempts
+        self.metrics_namespace = metrics_namespace
+        self._records_url = f"{self.url}/v1/records/{namespace}/"
+        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        if token:
+            self._headers["authorization"] = f"Bearer {token}"
+        if transport is None:
+            # Plain-HTTP gateways (the usual in-VPC case) never pay for an SSL context.
+            ssl_context = httpx.create_ssl_context() if base.scheme == "https" else None
+            transport = DeadlineTransport(ssl_context=ssl_context)
+        self._transport = transport
+
+    def claim(
+        self,
+        key: str,
+        *,
+        fingerprint: str | None,
+        lease_ms: int,
+        ttl_s: int,
+        invocation: Invocation,
+    ) -> Claimed | Replayed:
+        body = {"fingerprint": fingerprint, "lease_ms": lease_ms, "ttl_s": ttl_s}
+        answer = self._post(key, "claim", _dumps(body), invocation)
+        if answer.status == 201 and "lease_token" in answer.body:
+            return Claimed(answer.body["lease_token"])
+        if answer.status == 200 and "result" in answer.body:
+            return Replayed(answer.body["result"])
+        ids = {"request_id": invocation.request_id, "gateway_request_id": answer.gateway_request_id}
+        if answer.status == 409 and answer.code == "IN_PROGRESS":
+            retry_after = int(answer.headers.get("retry-after", "1"))
+            raise IdempotencyAlreadyInProgressError(
+                f"{key} is being processed by another invocation",
+                retry_after=retry_after,
+                **ids,
+            )
+        if answer.status == 422:
+            raise IdempotencyValidationError(
+                f"{key} was first seen with a different payload", **ids
+            )
+        raise _refused(key, "claim", answer, invocation)
+
+    def complete(
+        self,
+        key: str,
+        *,
+        lease_token: str,
+        result_json: str,
+        invocation: Invocation,
+    ) -> None:
+        # The result is already JSON text (the local cache keeps the same text).
+        body = f'{{"lease_token":{json.dumps(lease_token)},"result":{result_json}}}'.encode()
+        answer = self._post(key, "complete", body, invocation)
+        if answer.status != 200:
+            raise _refused(key, "complete", answer, invocation)
+
+    def release(
+        self,
+        key: str,
+        *,
+        lease_token: str,
+        invocation: Invocation,
+    ) -> None:
+        body = _dumps({"lease_token": lease_token})
+        answer = self._post(key, "release", body, invocation)
+        if answer.status != 204:
+            raise _refused(key, "release", answer, invocation)
+
+    def _post(self, key: str, action: str, body: bytes, invocation: Invocation) -> _Answer:
+        """POST with retries of transient failures; every wait ends within ``budget``."""
+        url = f"{self._records_url}{key}/{action}"
+        failure: str = "no time was left in the invocation's budget"
+        cause: httpx.TransportError | None = None
+        gateway_request_id: str | None = None
+        for attempt in range(self.max_attempts):
+            if attempt:
+                pause = backoff(attempt - 1)
+                if pause >= invocation.time_left():
+                    break
+                time.sleep(pause)
+            timeout = min(self.max_call_ms / 1000, invocation.time_left())
+            if timeout <= 0:
+                break
+            try:
+                answer = self._send(url, body, timeout)
+            except httpx.TransportError as exc:
+                cause, failure, gateway_request_id = exc, f"{type(exc).__name__}: {exc}", None
+                if isinstance(exc, httpx.TimeoutException):
+                    emit_metric(
+                        self.metrics_namespace, invocation.function_name, Metric.GATEWAY_TIMEOUT
+                    )
+            else:
+                if answer.status not in _RETRYABLE_STATUSES and answer.status < 500:
+                    return answer
+                cause, failure = None, f"HTTP {answer.status} {answer.code}"
+                gateway_request_id = answer.gateway_request_id
+                if answer.status not in _RETRYABLE_STATUSES:
+                    break
+            log_incident(
+                logging.WARNING,
+                "gateway_call_failed",
+                failure,
+                url=url,
+                timeout_ms=round(timeout * 1000),
+                attempt=attempt + 1,
+                key=key,
+                request_id=invocation.request_id,
+                gateway_request_id=gateway_request_id,
+            )
+        raise IdempotencyUnavailableError(
+            f"the gateway did not answer {action} in time: {failure}",
+            request_id=invocation.request_id,
+            gateway_request_id=gateway_request_id,
+        ) from cause
+
+    def _send(self, url: str, body: bytes, timeout: float) -> _Answer:
+        request = httpx.Request(
+            "POST",
+            url,
+            content=body,
+            headers=self._headers,
+            extensions={
+                "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+            },
+        )
+        with call_deadline(time.monotonic() + timeout):
+            response = self._transport.handle_request(request)
+            try:
+                content = response.read()
+            finally:
+                response.close()
+        return _Answer(response.status_code, _json_object(content), response.headers)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _json_object(content: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(content)
+    except ValueError:  # e.g. a load balancer's HTML error page
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refused(key: str, action: str, answer: _Answer, invocation: Invocation) -> IdempotencyError:
+    detail = answer.body.get("detail")
+    return IdempotencyError(
+        f"the gateway refused {action} of {key}: {answer.code}" + (f": {detail}" if detail else ""),
+        code=answer.code,
+        request_id=invocation.request_id,
+        gateway_request_id=answer.gateway_request_id,
+    )

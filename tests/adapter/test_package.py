@@ -1,0 +1,171 @@
+"""The package's surface: names, imports, configuration, exceptions, canonical JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lambda_adapter
+from lambda_adapter import (
+    GatewayPersistenceLayer,
+    IdempotencyAlreadyInProgressError,
+    IdempotencyConfig,
+    IdempotencyError,
+    IdempotencyKeyError,
+    IdempotencyUnavailableError,
+    IdempotencyValidationError,
+)
+from lambda_adapter._canonical import canonical_json
+from lambda_adapter.testing import FakeLambdaContext
+
+VECTORS = Path(__file__).parents[2] / "docs" / "canonical-json-vectors.json"
+
+
+def test_the_public_names_are_pinned() -> None:
+    assert sorted(lambda_adapter.__all__) == [
+        "GatewayPersistenceLayer",
+        "IdempotencyAlreadyInProgressError",
+        "IdempotencyConfig",
+        "IdempotencyError",
+        "IdempotencyKeyError",
+        "IdempotencyUnavailableError",
+        "IdempotencyValidationError",
+        "idempotent",
+        "idempotent_function",
+    ]
+
+
+def test_importing_and_constructing_pulls_in_no_heavy_framework() -> None:
+    script = (
+        "import sys, lambda_adapter\n"
+        "lambda_adapter.GatewayPersistenceLayer(url='http://127.0.0.1:9', namespace='n')\n"
+        "heavy = {'fastapi', 'starlette', 'pydantic', 'boto3', 'botocore', 'jmespath'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("error_class", "code"),
+    [
+        (IdempotencyKeyError, "IDEMPOTENCY_KEY_INVALID"),
+        (IdempotencyAlreadyInProgressError, "IN_PROGRESS"),
+        (IdempotencyValidationError, "FINGERPRINT_MISMATCH"),
+        (IdempotencyUnavailableError, "IDEMPOTENCY_UNAVAILABLE"),
+    ],
+)
+def test_every_error_is_an_idempotency_error_with_ids(
+    error_class: type[IdempotencyError], code: str
+) -> None:
+    error = error_class("message", request_id="aws-1", gateway_request_id="gw-1")
+    assert isinstance(error, IdempotencyError)
+    assert (error.code, error.request_id, error.gateway_request_id) == (code, "aws-1", "gw-1")
+
+
+def test_the_store_reads_its_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEMGATE_URL", "http://gateway.internal:8080/")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "orders-fn")
+    store = GatewayPersistenceLayer()
+    assert (store.url, store.namespace) == ("http://gateway.internal:8080", "orders-fn")
+    monkeypatch.setenv("IDEMGATE_NAMESPACE", "tenant-a")
+    assert GatewayPersistenceLayer().namespace == "tenant-a"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"namespace": "n"}, "URL is missing"),
+        ({"url": "ftp://x", "namespace": "n"}, "http or https"),
+        ({"url": "http://x", "namespace": "-bad"}, "must match"),
+        ({"url": "http://x", "namespace": "n", "max_attempts": 0}, "max_attempts"),
+    ],
+)
+def test_a_misconfigured_store_fails_at_init(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], message: str
+) -> None:
+    monkeypatch.delenv("IDEMGATE_URL", raising=False)
+    with pytest.raises(ValueError, match=message):
+        GatewayPersistenceLayer(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"expires_after_seconds": 0},
+        {"default_lease_ms": 900_001},
+        {"local_cache_max_items": 0},
+        {"on_unavailable": "retry"},
+    ],
+)
+def test_a_misconfigured_config_fails_at_init(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (each option has its own message)
+        IdempotencyConfig(**options)
+
+
+def test_the_fake_context_counts_down_in_real_time() -> None:
+    context = FakeLambdaContext(remaining_ms=1000, function_name="fn")
+    time.sleep(0.1)
+    assert 850 <= context.get_remaining_time_in_millis() <= 900
+    assert context.function_name == "fn"
+    assert context.aws_request_id != FakeLambdaContext().aws_request_id
+    assert FakeLambdaContext(remaining_ms=0).get_remaining_time_in_millis() == 0
+
+
+def test_canonical_json_matches_every_published_vector() -> None:
+    vectors = json.loads(VECTORS.read_text(encoding="utf-8"))
+    assert len(vectors) >= 30
+    for vector in vectors:
+        canonical = canonical_json(vector["input"])
+        assert canonical.decode() == vector["canonical"]
+        assert hashlib.sha256(canonical).hexdigest() == vector["sha256"]
+
+
+# RFC 8785, appendix B: IEEE 754 bit patterns and their ECMAScript serialisations.
+RFC_8785_NUMBERS = {
+    "0000000000000001": "5e-324",
+    "7fefffffffffffff": "1.7976931348623157e+308",
+    "4340000000000000": "9007199254740992",
+    "4430000000000000": "295147905179352830000",
+    "44b52d02c7e14af6": "1e+23",
+    "44b52d02c7e14af7": "1.0000000000000001e+23",
+    "444b1ae4d6e2ef50": "1e+21",
+    "3eb0c6f7a0b5ed8c": "9.999999999999997e-7",
+    "3eb0c6f7a0b5ed8d": "0.000001",
+    "41b3de4355555557": "333333333.33333343",
+    "becbf647612f3696": "-0.0000033333333333333333",
+    "43143ff3c1cb0959": "1424953923781206.2",
+}
+
+
+@pytest.mark.parametrize(("bits", "expected"), RFC_8785_NUMBERS.items())
+def test_floats_serialise_as_ecmascript_does(bits: str, expected: str) -> None:
+    (number,) = struct.unpack(">d", bytes.fromhex(bits))
+    assert canonical_json(number) == expected.encode()
+
+
+def test_large_integers_keep_every_digit() -> None:
+    assert canonical_json(2**64 + 1) == b"18446744073709551617"
+    assert canonical_json(2**64 + 1) != canonical_json(2**64)
+
+
+def test_lone_surrogates_are_escaped_as_javascript_does() -> None:
+    assert canonical_json("a\ud800b") == b'"a\\ud800b"'
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf"), {1: "a"}, {"a"}, b"x"])
+def test_values_without_a_json_form_are_refused(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        canonical_json(value)
