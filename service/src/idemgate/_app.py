@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import anyio.to_thread
 from fastapi import FastAPI
 
 from idemgate import __version__
@@ -33,7 +32,7 @@ async def _sweep_forever(storage: Storage, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            swept = await anyio.to_thread.run_sync(lambda: storage.sweep(now_s=epoch_ms() // 1000))
+            swept = await storage.sweep(now_s=epoch_ms() // 1000)
         except Exception:
             logger.exception("sweeping expired records failed")
         else:
@@ -47,9 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Storage calls block, so the thread pool is the storage concurrency of a worker.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.storage_threads
-        storage = await anyio.to_thread.run_sync(open_storage, settings)
+        storage = open_storage(settings)
         app.state.records = RecordService(storage)
         sweeper = asyncio.create_task(_sweep_forever(storage, settings.sweep_interval_s))
         logger.info("serving with %s storage", storage.name)
@@ -57,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
-            storage.close()
+            await storage.close()
 
     app = FastAPI(
         title="idemgate",

@@ -61,21 +61,30 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _create_table(args: argparse.Namespace) -> None:
+    import asyncio
+
     from idemgate._exceptions import ConfigurationError
     from idemgate._storage import DynamoDBLocation, parse_storage_url
-    from idemgate._storage._dynamodb import create_table, make_client
+    from idemgate._storage._dynamodb import DynamoDBClient, create_table
 
     location = parse_storage_url(args.storage)
     if not isinstance(location, DynamoDBLocation):
         raise ConfigurationError("create-table needs a dynamodb://TABLE?... storage URL")
     settings = Settings()
-    client = make_client(
-        location,
-        pool_size=1,
-        timeout_ms=settings.storage_timeout_ms,
-        max_attempts=settings.storage_max_attempts,
-    )
-    create_table(client, location.table)
+
+    async def create() -> None:
+        client = DynamoDBClient(
+            location,
+            pool_size=1,
+            timeout_ms=settings.storage_timeout_ms,
+            max_attempts=settings.storage_max_attempts,
+        )
+        try:
+            await create_table(client)
+        finally:
+            await client.close()
+
+    asyncio.run(create())
     print(f"table {location.table!r} is ready, with TTL on its expiry attribute")
 
 

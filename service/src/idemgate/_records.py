@@ -54,7 +54,7 @@ class RecordService:
         self.storage = storage
         self._clock = clock
 
-    def claim(
+    async def claim(
         self, namespace: str, key: str, *, fingerprint: str | None, lease_ms: int, ttl_s: int
     ) -> Claim:
         """Claim the key, or answer with its completed record.
@@ -76,7 +76,7 @@ class RecordService:
         )
         now_s = now // 1000
         for _ in range(_CLAIM_ROUNDS):
-            stored = self.storage.create(fresh, now_s=now_s)
+            stored = await self.storage.create(fresh, now_s=now_s)
             if stored is None:
                 return Claim(claimed=True, record=fresh)
             if _fingerprints_conflict(stored.fingerprint, fingerprint):
@@ -86,11 +86,11 @@ class RecordService:
             if stored.lease_expires_at > now:
                 raise InProgressError(lease_expires_at=stored.lease_expires_at, now=now)
             successor = dataclasses.replace(fresh, attempt=stored.attempt + 1)
-            if self.storage.take_over(successor, previous_token=stored.lease_token):
+            if await self.storage.take_over(successor, previous_token=stored.lease_token):
                 return Claim(claimed=True, record=successor)
         raise InProgressError(lease_expires_at=lease_expires_at, now=now)
 
-    def complete(
+    async def complete(
         self, namespace: str, key: str, *, lease_token: str, result: str, ttl_s: int | None
     ) -> Record:
         """Store the result of the holder's work; a repeat by the same holder is harmless.
@@ -98,7 +98,7 @@ class RecordService:
         Raises ``LeaseLostError``.
         """
         now = self._clock()
-        completed = self.storage.complete(
+        completed = await self.storage.complete(
             namespace,
             key,
             lease_token,
@@ -110,7 +110,7 @@ class RecordService:
         )
         if completed is not None:
             return completed
-        stored = self._live(namespace, key, now)
+        stored = await self._live(namespace, key, now)
         if (
             stored is not None
             and stored.status is Status.COMPLETED
@@ -119,21 +119,21 @@ class RecordService:
             return stored
         raise LeaseLostError
 
-    def release(self, namespace: str, key: str, *, lease_token: str) -> None:
+    async def release(self, namespace: str, key: str, *, lease_token: str) -> None:
         """Forget the holder's claim so a retry can run now; a repeat is harmless.
 
         Raises ``LeaseLostError`` when someone else holds the key or it is completed.
         """
-        if self.storage.release(namespace, key, lease_token):
+        if await self.storage.release(namespace, key, lease_token):
             return
-        if self._live(namespace, key, self._clock()) is not None:
+        if await self._live(namespace, key, self._clock()) is not None:
             raise LeaseLostError
 
-    def extend(self, namespace: str, key: str, *, lease_token: str, lease_ms: int) -> int:
+    async def extend(self, namespace: str, key: str, *, lease_token: str, lease_ms: int) -> int:
         """Move the holder's lease to end ``lease_ms`` from now. Raises ``LeaseLostError``."""
         now = self._clock()
         lease_expires_at = now + lease_ms
-        extended = self.storage.extend(
+        extended = await self.storage.extend(
             namespace,
             key,
             lease_token,
@@ -145,16 +145,16 @@ class RecordService:
             raise LeaseLostError
         return lease_expires_at
 
-    def get(self, namespace: str, key: str) -> Record:
+    async def get(self, namespace: str, key: str) -> Record:
         """The live record. Raises ``NotFoundError`` when it is absent or expired."""
-        stored = self._live(namespace, key, self._clock())
+        stored = await self._live(namespace, key, self._clock())
         if stored is None:
             raise NotFoundError(f"No record for key {key!r} in namespace {namespace!r}.")
         return stored
 
-    def delete(self, namespace: str, key: str) -> None:
-        self.storage.delete(namespace, key)
+    async def delete(self, namespace: str, key: str) -> None:
+        await self.storage.delete(namespace, key)
 
-    def _live(self, namespace: str, key: str, now: int) -> Record | None:
-        stored = self.storage.get(namespace, key)
+    async def _live(self, namespace: str, key: str, now: int) -> Record | None:
+        stored = await self.storage.get(namespace, key)
         return stored if stored is not None and stored.is_live(now) else None

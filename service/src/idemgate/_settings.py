@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_result_bytes: int = Field(default=262144, ge=1, le=DYNAMODB_ITEM_LIMIT_BYTES - 8192)
-    storage_threads: int = Field(default=32, ge=1)
+    storage_connections: int = Field(default=64, ge=1)
     storage_timeout_ms: int = Field(default=2000, ge=1)
     storage_max_attempts: int = Field(default=2, ge=1)
     sweep_interval_s: float = Field(default=60.0, gt=0)

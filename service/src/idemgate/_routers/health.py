@@ -19,8 +19,8 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", summary="The storage answers (503 STORAGE_UNAVAILABLE when not)")
-def readyz(records: RecordsDep) -> Response:
-    records.storage.check()
+async def readyz(records: RecordsDep) -> Response:
+    await records.storage.check()
     return JSONResponse({"status": "ready", "storage": records.storage.name})
 
 

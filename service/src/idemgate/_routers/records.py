@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from idemgate._deps import RecordsDep, SettingsDep
 from idemgate._exceptions import InvalidRequestError, PayloadTooLargeError
-from idemgate._records import RecordService
 from idemgate._storage import Record
 
 __all__ = ["router"]
@@ -91,22 +89,6 @@ def _body_schema(model: type[_Body]) -> dict[str, Any]:
     return {"requestBody": {"required": model is not ClaimBody, "content": schema}}
 
 
-Answer = TypeVar("Answer")
-Params = ParamSpec("Params")
-
-
-async def _run(
-    records: RecordService,
-    operation: Callable[Params, Answer],
-    *args: Params.args,
-    **kwargs: Params.kwargs,
-) -> Answer:
-    """Run a records operation on the event loop, or in a worker thread if storage blocks."""
-    if records.storage.blocking:
-        return await run_in_threadpool(operation, *args, **kwargs)
-    return operation(*args, **kwargs)
-
-
 router = APIRouter(prefix="/v1/records/{namespace}/{key}", tags=["records"])
 
 
@@ -151,9 +133,7 @@ async def claim(
     records: RecordsDep,
     request: Request,
 ) -> Response:
-    answer = await _run(
-        records,
-        records.claim,
+    answer = await records.claim(
         namespace,
         key,
         fingerprint=body.fingerprint,
@@ -190,9 +170,7 @@ async def complete(
     settings: SettingsDep,
 ) -> Response:
     result = _result_json(body.result, settings.max_result_bytes)
-    record = await _run(
-        records,
-        records.complete,
+    record = await records.complete(
         namespace,
         key,
         lease_token=body.lease_token,
@@ -214,7 +192,7 @@ async def release(
     body: Annotated[ReleaseBody, Depends(_json_body(ReleaseBody))],
     records: RecordsDep,
 ) -> Response:
-    await _run(records, records.release, namespace, key, lease_token=body.lease_token)
+    await records.release(namespace, key, lease_token=body.lease_token)
     return Response(status_code=204)
 
 
@@ -229,9 +207,7 @@ async def extend(
     body: Annotated[ExtendBody, Depends(_json_body(ExtendBody))],
     records: RecordsDep,
 ) -> Response:
-    lease_expires_at = await _run(
-        records,
-        records.extend,
+    lease_expires_at = await records.extend(
         namespace,
         key,
         lease_token=body.lease_token,
@@ -242,7 +218,7 @@ async def extend(
 
 @router.get("", summary="Read a record (never its lease token)")
 async def read(namespace: Namespace, key: Key, records: RecordsDep) -> Response:
-    record = await _run(records, records.get, namespace, key)
+    record = await records.get(namespace, key)
     return _json(
         {
             "namespace": record.namespace,
@@ -260,5 +236,5 @@ async def read(namespace: Namespace, key: Key, records: RecordsDep) -> Response:
 
 @router.delete("", status_code=204, summary="Delete a record so the work runs again")
 async def delete(namespace: Namespace, key: Key, records: RecordsDep) -> Response:
-    await _run(records, records.delete, namespace, key)
+    await records.delete(namespace, key)
     return Response(status_code=204)

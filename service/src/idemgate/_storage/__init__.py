@@ -64,12 +64,12 @@ def open_storage(settings: Settings) -> Storage:
         from idemgate._storage._sqlite import SQLiteStorage
 
         return SQLiteStorage(location.path)
-    from idemgate._storage._dynamodb import DynamoDBStorage, make_client
+    from idemgate._storage._dynamodb import DynamoDBClient, DynamoDBStorage
 
-    client = make_client(
+    client = DynamoDBClient(
         location,
-        pool_size=settings.storage_threads,
+        pool_size=settings.storage_connections,
         timeout_ms=settings.storage_timeout_ms,
         max_attempts=settings.storage_max_attempts,
     )
-    return DynamoDBStorage(client, location.table)
+    return DynamoDBStorage(client)

@@ -4,7 +4,8 @@ Backends only store and compare. Status, expiry, fingerprint and lease rules liv
 ``idemgate._records``. Every operation is atomic on its own; "live" means
 ``expires_at_s > now_s`` and "held by token" means in progress with that ``lease_token``.
 Backends raise ``StorageUnavailableError`` (from the driver's error) when the storage cannot
-answer, and nothing else.
+answer, and nothing else. Methods are coroutines: a backend that talks to a network awaits it
+without holding a thread, and one that does not (SQLite) simply returns.
 """
 
 from __future__ import annotations
@@ -49,15 +50,13 @@ class Storage(ABC):
     """The atomic operations every backend implements, each one a single transaction."""
 
     name: str
-    #: Whether calls wait on a network, and so must run off the event loop, in worker threads.
-    blocking: bool = True
 
     @abstractmethod
-    def get(self, namespace: str, key: str) -> Record | None:
+    async def get(self, namespace: str, key: str) -> Record | None:
         """The stored record, read strongly consistently, live or expired; None if absent."""
 
     @abstractmethod
-    def create(self, record: Record, *, now_s: int) -> Record | None:
+    async def create(self, record: Record, *, now_s: int) -> Record | None:
         """Store ``record`` unless a live record has its name.
 
         Returns None when ``record`` was written; otherwise writes nothing and returns the live
@@ -65,14 +64,14 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def take_over(self, record: Record, *, previous_token: str) -> bool:
+    async def take_over(self, record: Record, *, previous_token: str) -> bool:
         """Replace the stored record with ``record`` if it is held by ``previous_token``.
 
         Returns whether it was replaced.
         """
 
     @abstractmethod
-    def complete(
+    async def complete(
         self,
         namespace: str,
         key: str,
@@ -92,7 +91,7 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def extend(
+    async def extend(
         self,
         namespace: str,
         key: str,
@@ -109,20 +108,20 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def release(self, namespace: str, key: str, lease_token: str) -> bool:
+    async def release(self, namespace: str, key: str, lease_token: str) -> bool:
         """Delete the record if it is held by ``lease_token``; returns whether it was."""
 
     @abstractmethod
-    def delete(self, namespace: str, key: str) -> None:
+    async def delete(self, namespace: str, key: str) -> None:
         """Delete the record whatever its state; absent is fine."""
 
     @abstractmethod
-    def check(self) -> None:
+    async def check(self) -> None:
         """Raise ``StorageUnavailableError`` unless the storage answers right now."""
 
-    def sweep(self, *, now_s: int) -> int:
+    async def sweep(self, *, now_s: int) -> int:
         """Delete expired records, for storage without a TTL of its own; returns how many."""
         return 0
 
-    def close(self) -> None:  # noqa: B027 - most backends have nothing to close
+    async def close(self) -> None:  # noqa: B027 - most backends have nothing to close
         """Release connections."""

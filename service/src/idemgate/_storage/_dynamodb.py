@@ -5,37 +5,62 @@ many partitions. A fresh claim, a replay and an in-progress answer are one condi
 ``PutItem`` that hands back the blocking item on failure (``ALL_OLD``); complete, release and
 extend are writes conditional on the lease token. Expiry is enforced by those conditions:
 the TTL attribute ``expires_at`` (epoch seconds) only lets DynamoDB clean up.
+
+DynamoDB is spoken to directly, over its JSON protocol with SigV4 signatures, from one pool of
+keep-alive connections (httpcore): botocore would spend about 2 ms of CPU per call building,
+signing and parsing a few hundred bytes of JSON, and would hold a thread while it waits.
+botocore still supplies the credentials, so every source of its chain (environment, profiles,
+container and instance roles, web identity) works, refreshed as they expire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+import asyncio
+import datetime
+import hashlib
+import hmac
+import random
+import socket
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+import httpcore
+import orjson
 
-from idemgate._exceptions import PayloadTooLargeError, StorageUnavailableError
+from idemgate._exceptions import ConfigurationError, PayloadTooLargeError, StorageUnavailableError
+from idemgate._storage import DynamoDBLocation
 from idemgate._storage._base import Record, Status, Storage
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
-    from idemgate._storage import DynamoDBLocation
+    import ssl
 
 __all__ = [
     "PARTITION_KEY",
     "TTL_ATTRIBUTE",
+    "DynamoDBClient",
+    "DynamoDBRefusedError",
     "DynamoDBStorage",
     "create_table",
-    "make_client",
 ]
 
 PARTITION_KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
 _SEPARATOR = "#"
+_API_VERSION = "DynamoDB_20120810"
+_CONTENT_TYPE = "application/x-amz-json-1.0"
+_RETRYABLE_ERRORS = frozenset(
+    {
+        "InternalServerError",
+        "LimitExceededException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "ThrottlingException",
+        "TransactionConflictException",
+    }
+)
+_BACKOFF_BASE_S = 0.025
+_BACKOFF_CAP_S = 1.0
 
 # Every attribute goes through a placeholder: several of their names are DynamoDB reserved words.
 _NAMES = {
@@ -48,14 +73,31 @@ _NAMES = {
     "#result": "result",
     "#completed": "completed_at",
 }
-_LIVE_AND_HELD = "#status = :in_progress AND #token = :token AND #expires > :now_s"
+_HELD = "#status = :in_progress AND #token = :token"
+_LIVE_AND_HELD = f"{_HELD} AND #expires > :now_s"
 
 
-def _s(value: str) -> dict[str, Any]:
+class DynamoDBRefusedError(StorageUnavailableError):
+    """DynamoDB answered with an error that retrying will not cure, named by ``error``."""
+
+    def __init__(self, detail: str, *, error: str) -> None:
+        super().__init__(detail)
+        self.error = error
+
+
+class ConditionFailedError(Exception):
+    """A conditional write did not apply; ``item`` is the stored item when it was asked for."""
+
+    def __init__(self, item: Mapping[str, Any] | None) -> None:
+        super().__init__("ConditionalCheckFailedException")
+        self.item = item
+
+
+def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def _n(value: int) -> dict[str, Any]:
+def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
 
 
@@ -99,51 +141,199 @@ def _record(item: Mapping[str, Any]) -> Record:
     )
 
 
-def _names(expression: str) -> dict[str, str]:
-    return {placeholder: name for placeholder, name in _NAMES.items() if placeholder in expression}
+def _names(*expressions: str) -> dict[str, str]:
+    text = " ".join(expressions)
+    return {placeholder: name for placeholder, name in _NAMES.items() if placeholder in text}
 
 
-def _condition_failed(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode(), hashlib.sha256).digest()
 
 
-@contextmanager
-def _unavailable_on_error(table: str) -> Iterator[None]:
-    """The one place DynamoDB's errors become gateway errors."""
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        if error.get("Code") == "ValidationException" and "size" in error.get("Message", ""):
-            raise PayloadTooLargeError(f"DynamoDB refused the item: {error['Message']}") from exc
-        raise StorageUnavailableError(
-            f"DynamoDB table {table!r}: {error.get('Code')}: {error.get('Message')}"
-        ) from exc
-    except BotoCoreError as exc:
-        raise StorageUnavailableError(f"DynamoDB table {table!r}: {exc}") from exc
+class DynamoDBClient:
+    """DynamoDB's JSON API over one pooled async HTTP client, signed with SigV4.
+
+    Throttling, server errors and network failures are retried ``max_attempts`` times in all,
+    with full-jitter backoff; whatever still fails becomes ``StorageUnavailableError``.
+    """
+
+    def __init__(
+        self, location: DynamoDBLocation, *, pool_size: int, timeout_ms: int, max_attempts: int
+    ) -> None:
+        import botocore.session
+
+        session = botocore.session.get_session()
+        region = location.region or session.get_config_variable("region")
+        if not region:
+            raise ConfigurationError(
+                "no AWS region: add ?region=... to the storage URL or set AWS_REGION"
+            )
+        self.table = location.table
+        self.region = region
+        self.endpoint = location.endpoint_url or f"https://dynamodb.{region}.amazonaws.com"
+        self._host = self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+        self._credentials = session.get_credentials()
+        self._scope_suffix = f"/{region}/dynamodb/aws4_request"
+        self._signing_keys: dict[tuple[str, str], bytes] = {}
+        self._max_attempts = max_attempts
+        timeout_s = timeout_ms / 1000
+        self._timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s}
+        self._timeouts["pool"] = timeout_s
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=pool_size,
+            network_backend=_OneWriteBackend(),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+
+    def _signing_key(self, secret_key: str, date: str) -> bytes:
+        cached = self._signing_keys.get((secret_key, date))
+        if cached is None:
+            cached = _hmac(
+                _hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), date), self.region), "dynamodb"),
+                "aws4_request",
+            )
+            self._signing_keys = {(secret_key, date): cached}
+        return cached
+
+    def _signed_headers(self, target: str, body: bytes) -> list[tuple[str, str]]:
+        credentials = self._credentials and self._credentials.get_frozen_credentials()
+        if not (credentials and credentials.access_key and credentials.secret_key):
+            raise StorageUnavailableError("no AWS credentials found for DynamoDB")
+        now = datetime.datetime.now(datetime.UTC)
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        date = amz_date[:8]
+        headers = {
+            "content-type": _CONTENT_TYPE,
+            "host": self._host,
+            "x-amz-date": amz_date,
+            "x-amz-target": target,
+        }
+        if credentials.token:
+            headers["x-amz-security-token"] = credentials.token
+        signed = ";".join(headers)  # already in sorted order
+        canonical = "\n".join(
+            (
+                "POST",
+                "/",
+                "",
+                "".join(f"{name}:{value}\n" for name, value in headers.items()),
+                signed,
+                hashlib.sha256(body).hexdigest(),
+            )
+        )
+        scope = f"{date}{self._scope_suffix}"
+        to_sign = "\n".join(
+            ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
+        )
+        signature = hmac.new(
+            self._signing_key(credentials.secret_key, date), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
+        )
+        return list(headers.items())
+
+    async def call(self, operation: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """One API call's answer; raises ``ConditionFailedError`` or ``StorageUnavailableError``."""
+        body = orjson.dumps(payload)
+        target = f"{_API_VERSION}.{operation}"
+        failure = ""
+        for attempt in range(self._max_attempts):
+            if attempt:
+                await asyncio.sleep(
+                    random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+                )
+            try:
+                response = await self._pool.request(
+                    "POST",
+                    self.endpoint,
+                    headers=self._signed_headers(target, body),
+                    content=body,
+                    extensions={"timeout": self._timeouts},
+                )
+            except httpcore.TimeoutException as exc:
+                failure = f"timed out: {type(exc).__name__}"
+                continue
+            except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            try:
+                answer: dict[str, Any] = orjson.loads(response.content or b"{}")
+            except orjson.JSONDecodeError:  # e.g. a proxy's HTML error page
+                answer = {}
+            if response.status == 200:
+                return answer
+            error = str(answer.get("__type", "")).rpartition("#")[2]
+            message = str(answer.get("message") or answer.get("Message") or "")
+            if error == "ConditionalCheckFailedException":
+                raise ConditionFailedError(answer.get("Item"))
+            if error == "ValidationException" and "size" in message:
+                raise PayloadTooLargeError(f"DynamoDB refused the item: {message}")
+            failure = f"HTTP {response.status} {error}: {message}"
+            if error not in _RETRYABLE_ERRORS and response.status < 500:
+                raise DynamoDBRefusedError(
+                    f"DynamoDB {operation} on {self.table!r} failed: {failure}", error=error
+                )
+        raise StorageUnavailableError(f"DynamoDB {operation} on {self.table!r} failed: {failure}")
+
+    async def close(self) -> None:
+        await self._pool.aclose()
 
 
-def make_client(
-    location: DynamoDBLocation,
-    *,
-    pool_size: int,
-    timeout_ms: int,
-    max_attempts: int,
-) -> DynamoDBClient:
-    """One DynamoDB client for the process: pooled, with bounded timeouts and retries."""
-    config = Config(
-        max_pool_connections=pool_size,
-        connect_timeout=timeout_ms / 1000,
-        read_timeout=timeout_ms / 1000,
-        retries={"max_attempts": max_attempts, "mode": "standard"},
-        tcp_keepalive=True,
-    )
-    return boto3.session.Session().client(
-        "dynamodb",
-        region_name=location.region,
-        endpoint_url=location.endpoint_url,
-        config=config,
-    )
+class _OneWriteStream(httpcore.AsyncNetworkStream):
+    """Holds writes until the next read, so each request leaves in one send.
+
+    httpcore writes a request's headers and body separately; coalescing them saves a system
+    call and a wake-up of the peer on every storage operation.
+    """
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        self._pending = bytearray()
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._pending += buffer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._pending:
+            pending, self._pending = bytes(self._pending), bytearray()
+            await self._stream.write(pending, timeout)
+        return await self._stream.read(max_bytes, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        tls = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        return _OneWriteStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _OneWriteBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _OneWriteStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
 
 
 class DynamoDBStorage(Storage):
@@ -151,80 +341,77 @@ class DynamoDBStorage(Storage):
 
     name = "dynamodb"
 
-    def __init__(self, client: DynamoDBClient, table: str) -> None:
+    def __init__(self, client: DynamoDBClient) -> None:
         self._client = client
-        self.table = table
+        self.table = client.table
 
-    def _update(
-        self, namespace: str, key: str, update: str, values: dict[str, Any], **extra: Any
+    async def _write(self, operation: str, **request: Any) -> dict[str, Any] | None:
+        """A conditional write; None when its condition did not hold."""
+        try:
+            return await self._client.call(operation, {"TableName": self.table, **request})
+        except ConditionFailedError:
+            return None
+
+    async def _update_held(
+        self, namespace: str, key: str, token: str, now_s: int, update: str, **values: Any
     ) -> dict[str, Any] | None:
-        """A conditional UpdateItem on a live record held by ``:token``; None if not held."""
-        expression = f"{update} {_LIVE_AND_HELD}"
-        with _unavailable_on_error(self.table):
-            try:
-                return self._client.update_item(
-                    TableName=self.table,
-                    Key=_pk(namespace, key),
-                    UpdateExpression=update,
-                    ConditionExpression=_LIVE_AND_HELD,
-                    ExpressionAttributeNames=_names(expression),
-                    ExpressionAttributeValues={":in_progress": _s(Status.IN_PROGRESS), **values},
-                    **extra,
-                )  # type: ignore[return-value]
-            except ClientError as exc:
-                if _condition_failed(exc):
-                    return None
-                raise
+        return await self._write(
+            "UpdateItem",
+            Key=_pk(namespace, key),
+            UpdateExpression=update,
+            ConditionExpression=_LIVE_AND_HELD,
+            ExpressionAttributeNames=_names(update, _LIVE_AND_HELD),
+            ExpressionAttributeValues={
+                ":in_progress": _s(Status.IN_PROGRESS),
+                ":token": _s(token),
+                ":now_s": _n(now_s),
+                **values,
+            },
+            ReturnValues="ALL_NEW",
+        )
 
-    def get(self, namespace: str, key: str) -> Record | None:
-        with _unavailable_on_error(self.table):
-            response = self._client.get_item(
-                TableName=self.table, Key=_pk(namespace, key), ConsistentRead=True
-            )
-        item = response.get("Item")
+    async def get(self, namespace: str, key: str) -> Record | None:
+        answer = await self._client.call(
+            "GetItem",
+            {"TableName": self.table, "Key": _pk(namespace, key), "ConsistentRead": True},
+        )
+        item = answer.get("Item")
         return _record(item) if item else None
 
-    def create(self, record: Record, *, now_s: int) -> Record | None:
+    async def create(self, record: Record, *, now_s: int) -> Record | None:
         condition = "attribute_not_exists(#pk) OR #expires <= :now_s"
-        with _unavailable_on_error(self.table):
-            try:
-                self._client.put_item(
-                    TableName=self.table,
-                    Item=_item(record),
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=_names(condition),
-                    ExpressionAttributeValues={":now_s": _n(now_s)},
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                if not _condition_failed(exc):
-                    raise
-                # botocore puts the ALL_OLD item beside the error, untyped.
-                blocking: Mapping[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
-                return _record(blocking) if blocking else self.get(record.namespace, record.key)
+        try:
+            await self._client.call(
+                "PutItem",
+                {
+                    "TableName": self.table,
+                    "Item": _item(record),
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": _names(condition),
+                    "ExpressionAttributeValues": {":now_s": _n(now_s)},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                },
+            )
+        except ConditionFailedError as failed:
+            if failed.item:
+                return _record(failed.item)
+            return await self.get(record.namespace, record.key)
         return None
 
-    def take_over(self, record: Record, *, previous_token: str) -> bool:
-        condition = "#status = :in_progress AND #token = :token"
-        with _unavailable_on_error(self.table):
-            try:
-                self._client.put_item(
-                    TableName=self.table,
-                    Item=_item(record),
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=_names(condition),
-                    ExpressionAttributeValues={
-                        ":in_progress": _s(Status.IN_PROGRESS),
-                        ":token": _s(previous_token),
-                    },
-                )
-            except ClientError as exc:
-                if _condition_failed(exc):
-                    return False
-                raise
-        return True
+    async def take_over(self, record: Record, *, previous_token: str) -> bool:
+        replaced = await self._write(
+            "PutItem",
+            Item=_item(record),
+            ConditionExpression=_HELD,
+            ExpressionAttributeNames=_names(_HELD),
+            ExpressionAttributeValues={
+                ":in_progress": _s(Status.IN_PROGRESS),
+                ":token": _s(previous_token),
+            },
+        )
+        return replaced is not None
 
-    def complete(
+    async def complete(
         self,
         namespace: str,
         key: str,
@@ -237,8 +424,6 @@ class DynamoDBStorage(Storage):
         now_s: int,
     ) -> Record | None:
         values = {
-            ":token": _s(lease_token),
-            ":now_s": _n(now_s),
             ":completed": _s(Status.COMPLETED),
             ":result": _s(result),
             ":completed_at": _n(completed_at),
@@ -250,10 +435,10 @@ class DynamoDBStorage(Storage):
         else:
             update += "#ttl = :ttl, #expires = :base + :ttl"
             values[":ttl"] = _n(ttl_s)
-        response = self._update(namespace, key, update, values, ReturnValues="ALL_NEW")
-        return _record(response["Attributes"]) if response is not None else None
+        answer = await self._update_held(namespace, key, lease_token, now_s, update, **values)
+        return _record(answer["Attributes"]) if answer is not None else None
 
-    def extend(
+    async def extend(
         self,
         namespace: str,
         key: str,
@@ -263,63 +448,72 @@ class DynamoDBStorage(Storage):
         expires_base_s: int,
         now_s: int,
     ) -> bool:
-        values = {
-            ":token": _s(lease_token),
-            ":now_s": _n(now_s),
-            ":lease": _n(lease_expires_at),
-            ":base": _n(expires_base_s),
-        }
         update = "SET #lease = :lease, #expires = :base + #ttl"
-        return self._update(namespace, key, update, values) is not None
-
-    def release(self, namespace: str, key: str, lease_token: str) -> bool:
-        condition = "#status = :in_progress AND #token = :token"
-        with _unavailable_on_error(self.table):
-            try:
-                self._client.delete_item(
-                    TableName=self.table,
-                    Key=_pk(namespace, key),
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=_names(condition),
-                    ExpressionAttributeValues={
-                        ":in_progress": _s(Status.IN_PROGRESS),
-                        ":token": _s(lease_token),
-                    },
-                )
-            except ClientError as exc:
-                if _condition_failed(exc):
-                    return False
-                raise
-        return True
-
-    def delete(self, namespace: str, key: str) -> None:
-        with _unavailable_on_error(self.table):
-            self._client.delete_item(TableName=self.table, Key=_pk(namespace, key))
-
-    def check(self) -> None:
-        with _unavailable_on_error(self.table):
-            self._client.describe_table(TableName=self.table)
-
-    def close(self) -> None:
-        self._client.close()
-
-
-def create_table(client: DynamoDBClient, table: str) -> None:
-    """Create the records table (on-demand) with TTL on ``expires_at``; harmless to repeat."""
-    with _unavailable_on_error(table):
-        with suppress(client.exceptions.ResourceInUseException):
-            client.create_table(
-                TableName=table,
-                AttributeDefinitions=[{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        client.get_waiter("table_exists").wait(
-            TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+        answer = await self._update_held(
+            namespace,
+            key,
+            lease_token,
+            now_s,
+            update,
+            **{":lease": _n(lease_expires_at), ":base": _n(expires_base_s)},
         )
-        ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-        if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-            client.update_time_to_live(
-                TableName=table,
-                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-            )
+        return answer is not None
+
+    async def release(self, namespace: str, key: str, lease_token: str) -> bool:
+        deleted = await self._write(
+            "DeleteItem",
+            Key=_pk(namespace, key),
+            ConditionExpression=_HELD,
+            ExpressionAttributeNames=_names(_HELD),
+            ExpressionAttributeValues={
+                ":in_progress": _s(Status.IN_PROGRESS),
+                ":token": _s(lease_token),
+            },
+        )
+        return deleted is not None
+
+    async def delete(self, namespace: str, key: str) -> None:
+        await self._client.call("DeleteItem", {"TableName": self.table, "Key": _pk(namespace, key)})
+
+    async def check(self) -> None:
+        await self._client.call("DescribeTable", {"TableName": self.table})
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+_TABLE_POLL_S = 0.5
+_TABLE_WAIT_S = 60.0
+
+
+async def create_table(client: DynamoDBClient) -> None:
+    """Create the records table (on-demand) with TTL on ``expires_at``; harmless to repeat."""
+    try:
+        await client.call(
+            "CreateTable",
+            {
+                "TableName": client.table,
+                "AttributeDefinitions": [{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST",
+            },
+        )
+    except DynamoDBRefusedError as exc:
+        if exc.error != "ResourceInUseException":
+            raise
+    for _ in range(int(_TABLE_WAIT_S / _TABLE_POLL_S)):
+        table = await client.call("DescribeTable", {"TableName": client.table})
+        if table["Table"]["TableStatus"] == "ACTIVE":
+            break
+        await asyncio.sleep(_TABLE_POLL_S)
+    else:
+        raise StorageUnavailableError(f"table {client.table!r} did not become ACTIVE in time")
+    ttl = await client.call("DescribeTimeToLive", {"TableName": client.table})
+    if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        await client.call(
+            "UpdateTimeToLive",
+            {
+                "TableName": client.table,
+                "TimeToLiveSpecification": {"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            },
+        )

@@ -1,5 +1,8 @@
 """SQLite storage: the embedded default, one file shared safely by several worker processes.
 
+A transaction takes tens of microseconds and never waits on a network, so operations run on the
+event loop: a hop to a worker thread would cost more than the work.
+
 WAL mode lets readers run beside the one writer; every write is one ``BEGIN IMMEDIATE``
 transaction, so two processes never interleave a read and a write of the same record. Writers
 queue on a lock file first: SQLite's own busy handler waits by sleeping (1 ms, 2 ms, 5 ms, ...),
@@ -11,10 +14,10 @@ cut may lose the last transactions; see docs/operations.md).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,68 +90,50 @@ class SQLiteStorage(Storage):
     """Records in one SQLite file, one connection per thread."""
 
     name = "sqlite"
-    # A transaction takes microseconds and never waits on a network: run it on the event loop.
-    blocking = False
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
-        self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._writer_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_file = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            self._connection().executescript(_SCHEMA)
+            # Every operation runs on the event loop's thread; tests may call from another.
+            self._connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+            self._connection.execute("PRAGMA journal_mode = WAL")
+            self._connection.execute("PRAGMA synchronous = NORMAL")
+            self._connection.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailableError(f"cannot open SQLite file {self.path}: {exc}") from exc
 
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            self._local.connection = connection
-            with self._connections_lock:
-                self._connections.append(connection)
-        return connection
-
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._writer_lock:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            try:
-                connection = self._connection()
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    yield connection
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-                connection.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
-            finally:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-
-    def get(self, namespace: str, key: str) -> Record | None:
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         try:
-            row = (
-                self._connection()
-                .execute(
-                    f"SELECT {_COLUMNS} FROM records WHERE namespace = ? AND key = ?",
-                    (namespace, key),
-                )
-                .fetchone()
-            )
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._connection
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    async def get(self, namespace: str, key: str) -> Record | None:
+        try:
+            row = self._connection.execute(
+                f"SELECT {_COLUMNS} FROM records WHERE namespace = ? AND key = ?",
+                (namespace, key),
+            ).fetchone()
         except sqlite3.Error as exc:
             raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
         return _record(row) if row else None
 
-    def create(self, record: Record, *, now_s: int) -> Record | None:
+    async def create(self, record: Record, *, now_s: int) -> Record | None:
         with self._transaction() as connection:
             row = connection.execute(
                 f"SELECT {_COLUMNS} FROM records "
@@ -163,7 +148,7 @@ class SQLiteStorage(Storage):
             )
             return None
 
-    def take_over(self, record: Record, *, previous_token: str) -> bool:
+    async def take_over(self, record: Record, *, previous_token: str) -> bool:
         with self._transaction() as connection:
             cursor = connection.execute(
                 f"UPDATE records SET ({_COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?) WHERE {_HELD}",
@@ -171,7 +156,7 @@ class SQLiteStorage(Storage):
             )
             return cursor.rowcount == 1
 
-    def complete(
+    async def complete(
         self,
         namespace: str,
         key: str,
@@ -202,7 +187,7 @@ class SQLiteStorage(Storage):
             ).fetchone()
             return _record(row) if row else None
 
-    def extend(
+    async def extend(
         self,
         namespace: str,
         key: str,
@@ -220,26 +205,26 @@ class SQLiteStorage(Storage):
             )
             return cursor.rowcount == 1
 
-    def release(self, namespace: str, key: str, lease_token: str) -> bool:
+    async def release(self, namespace: str, key: str, lease_token: str) -> bool:
         with self._transaction() as connection:
             cursor = connection.execute(
                 f"DELETE FROM records WHERE {_HELD}", (namespace, key, lease_token)
             )
             return cursor.rowcount == 1
 
-    def delete(self, namespace: str, key: str) -> None:
+    async def delete(self, namespace: str, key: str) -> None:
         with self._transaction() as connection:
             connection.execute(
                 "DELETE FROM records WHERE namespace = ? AND key = ?", (namespace, key)
             )
 
-    def check(self) -> None:
+    async def check(self) -> None:
         try:
-            self._connection().execute("SELECT 1 FROM records LIMIT 1").fetchall()
+            self._connection.execute("SELECT 1 FROM records LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
 
-    def sweep(self, *, now_s: int) -> int:
+    async def sweep(self, *, now_s: int) -> int:
         deleted = 0
         while True:
             with self._transaction() as connection:
@@ -251,10 +236,8 @@ class SQLiteStorage(Storage):
             deleted += batch
             if batch < _SWEEP_BATCH:
                 return deleted
+            await asyncio.sleep(0)  # let requests in between batches
 
-    def close(self) -> None:
-        with self._connections_lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
+    async def close(self) -> None:
+        self._connection.close()
         os.close(self._lock_file)
