@@ -3,11 +3,13 @@
 A transaction takes tens of microseconds and never waits on a network, so operations run on the
 event loop: a hop to a worker thread would cost more than the work.
 
-WAL mode lets readers run beside the one writer; every write is one ``BEGIN IMMEDIATE``
-transaction, so two processes never interleave a read and a write of the same record. Writers
-queue on a lock file first: SQLite's own busy handler waits by sleeping (1 ms, 2 ms, 5 ms, ...),
-which under load costs far more than the microseconds a transaction takes, while a waiter on
-``flock`` wakes the moment the lock is free.
+WAL mode lets readers run beside the one writer. Every write operation is one SQL statement,
+which SQLite runs as one transaction, taken while holding a lock file that every writer of the
+file takes (``flock``): so a claim that finds the key taken reads the blocking record before any
+other process can change it, and several worker processes share one file safely. The lock file,
+rather than SQLite's own locking, queues the writers because SQLite's busy handler waits by
+sleeping (1 ms, 2 ms, 5 ms, ...), far longer than a write takes, while a waiter on ``flock``
+wakes the moment the lock is free.
 ``synchronous=NORMAL`` keeps every committed record across a process crash or restart (a power
 cut may lose the last transactions; see docs/operations.md).
 """
@@ -49,6 +51,7 @@ _COLUMNS = (
     "namespace, key, status, fingerprint, attempt, lease_token, lease_expires_at, ttl_s, "
     "expires_at_s, completed_at, result"
 )
+_EXCLUDED = ", ".join(f"excluded.{column.strip()}" for column in _COLUMNS.split(","))
 _HELD = "namespace = ? AND key = ? AND status = 'in_progress' AND lease_token = ?"
 _SWEEP_BATCH = 1000
 
@@ -108,16 +111,11 @@ class SQLiteStorage(Storage):
             raise StorageUnavailableError(f"cannot open SQLite file {self.path}: {exc}") from exc
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection, with the writers' lock held and SQLite errors translated."""
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         try:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+            yield self._connection
         except sqlite3.Error as exc:
             raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
         finally:
@@ -134,22 +132,23 @@ class SQLiteStorage(Storage):
         return _record(row) if row else None
 
     async def create(self, record: Record, *, now_s: int) -> Record | None:
-        with self._transaction() as connection:
+        with self._writing() as connection:
+            written = connection.execute(
+                f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                f"ON CONFLICT (namespace, key) DO UPDATE SET ({_COLUMNS}) = ({_EXCLUDED}) "
+                "WHERE records.expires_at_s <= ?",
+                (*_row(record), now_s),
+            ).rowcount
+            if written:
+                return None
             row = connection.execute(
-                f"SELECT {_COLUMNS} FROM records "
-                "WHERE namespace = ? AND key = ? AND expires_at_s > ?",
-                (record.namespace, record.key, now_s),
+                f"SELECT {_COLUMNS} FROM records WHERE namespace = ? AND key = ?",
+                (record.namespace, record.key),
             ).fetchone()
-            if row:
-                return _record(row)
-            connection.execute(
-                f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                _row(record),
-            )
-            return None
+            return _record(row)
 
     async def take_over(self, record: Record, *, previous_token: str) -> bool:
-        with self._transaction() as connection:
+        with self._writing() as connection:
             cursor = connection.execute(
                 f"UPDATE records SET ({_COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?) WHERE {_HELD}",
                 (*_row(record), record.namespace, record.key, previous_token),
@@ -168,7 +167,7 @@ class SQLiteStorage(Storage):
         ttl_s: int | None,
         now_s: int,
     ) -> Record | None:
-        with self._transaction() as connection:
+        with self._writing() as connection:
             row = connection.execute(
                 "UPDATE records SET status = 'completed', result = ?, completed_at = ?, "
                 "ttl_s = coalesce(?, ttl_s), expires_at_s = ? + coalesce(?, ttl_s) "
@@ -197,7 +196,7 @@ class SQLiteStorage(Storage):
         expires_base_s: int,
         now_s: int,
     ) -> bool:
-        with self._transaction() as connection:
+        with self._writing() as connection:
             cursor = connection.execute(
                 "UPDATE records SET lease_expires_at = ?, expires_at_s = ? + ttl_s "
                 f"WHERE {_HELD} AND expires_at_s > ?",
@@ -206,14 +205,14 @@ class SQLiteStorage(Storage):
             return cursor.rowcount == 1
 
     async def release(self, namespace: str, key: str, lease_token: str) -> bool:
-        with self._transaction() as connection:
+        with self._writing() as connection:
             cursor = connection.execute(
                 f"DELETE FROM records WHERE {_HELD}", (namespace, key, lease_token)
             )
             return cursor.rowcount == 1
 
     async def delete(self, namespace: str, key: str) -> None:
-        with self._transaction() as connection:
+        with self._writing() as connection:
             connection.execute(
                 "DELETE FROM records WHERE namespace = ? AND key = ?", (namespace, key)
             )
@@ -227,7 +226,7 @@ class SQLiteStorage(Storage):
     async def sweep(self, *, now_s: int) -> int:
         deleted = 0
         while True:
-            with self._transaction() as connection:
+            with self._writing() as connection:
                 batch = connection.execute(
                     "DELETE FROM records WHERE (namespace, key) IN (SELECT namespace, key "
                     "FROM records WHERE expires_at_s <= ? LIMIT ?)",
