@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http="idemgate._http:OneWriteHttpToolsProtocol",
         access_log=False,
         log_config=None,
         log_level=settings.log_level,
