@@ -1,0 +1,90 @@
+"""wrk, the load generator: C and an event loop, so the client is never the bottleneck."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._lab import Lab
+
+__all__ = ["WrkResult", "require_wrk", "run_wrk"]
+
+LUA_DIR = Path(__file__).parent / "lua"
+_MARK = "BENCH_JSON "
+
+
+class WrkMissingError(RuntimeError):
+    pass
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise WrkMissingError("the suite needs wrk: apt-get install -y wrk")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    completed_pairs: int  # complete answers that were 200 (pairs.lua only)
+    errors: int  # socket errors, timeouts and non-2xx answers
+    duration_s: float
+    p50_s: float
+    p99_s: float
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.duration_s
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.completed_pairs / self.duration_s
+
+
+def run_wrk(
+    lab: Lab,
+    url: str,
+    script: str,
+    *,
+    connections: int,
+    duration_s: float,
+    namespace_prefix: str = "bench-",
+    namespace_count: int = 1,
+    extra_args: tuple[str, ...] = (),
+) -> WrkResult:
+    """One bounded wrk run of ``lua/{script}.lua``; fresh keys, never seen by earlier runs."""
+    threads = min(connections, 2)  # one per core: wrk shares the machine with the servers
+    command = [
+        require_wrk(),
+        f"--threads={threads}",
+        f"--connections={connections}",
+        f"--duration={max(1, round(duration_s))}s",
+        "--timeout=5s",
+        f"--script={script}.lua",
+        url,
+        "--",
+        secrets.token_hex(4),
+        namespace_prefix,
+        str(namespace_count),
+        *extra_args,
+    ]
+    lab.commands.append(f"(cd bench/lua && {shlex.join(['wrk', *command[1:]])})")
+    done = subprocess.run(
+        command, cwd=LUA_DIR, capture_output=True, text=True, check=True, timeout=duration_s + 60
+    )
+    line = next(line for line in done.stdout.splitlines() if line.startswith(_MARK))
+    figures = json.loads(line.removeprefix(_MARK))
+    return WrkResult(
+        requests=figures["requests"],
+        completed_pairs=figures["completed"],
+        errors=figures["errors"],
+        duration_s=figures["duration_us"] / 1e6,
+        p50_s=figures["p50_us"] / 1e6,
+        p99_s=figures["p99_us"] / 1e6,
+    )

@@ -1,0 +1,166 @@
+"""3. Gateway overhead: a claim through the gateway against the same write made directly.
+
+Two views. From a Python client at concurrency 1 (httpx to the gateway, boto3 to DynamoDB
+Local), which is what a caller waits for. And from wrk at concurrency 1, which has no Python
+client cost: the gateway's time per request minus DynamoDB Local's own time per PutItem is what
+the gateway adds on the server side.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+
+import httpx
+
+from bench._lab import Lab, raw_claim
+from bench._stats import Summary, ms, ratio_text, summarize
+from bench._wrk import run_wrk
+from bench.report import Section, Table, Target
+
+__all__ = ["run"]
+
+BLOCK = 100  # calls per turn; the clients take turns so drift hits all alike
+CLAIM_BODY = b'{"fingerprint":null,"lease_ms":60000,"ttl_s":86400}'
+
+
+def _timed(call: Callable[[int], None], start: int, count: int, into: list[float]) -> None:
+    for number in range(start, start + count):
+        began = time.perf_counter()
+        call(number)
+        into.append(time.perf_counter() - began)
+
+
+def _python_clients(
+    lab: Lab, urls: dict[str, str], *, calls: int, warmup: int
+) -> dict[str, Summary]:
+    run_id = secrets.token_hex(4)
+    client = httpx.Client()
+    dynamodb = lab.boto3_client()
+
+    def via_gateway(url: str) -> Callable[[int], None]:
+        def claim(number: int) -> None:
+            answer = client.post(
+                f"{url}/v1/records/bench-latency/{run_id}-{number}/claim",
+                content=CLAIM_BODY,
+                headers={"content-type": "application/json"},
+            )
+            answer.raise_for_status()
+
+        return claim
+
+    def direct(number: int) -> None:
+        raw_claim(dynamodb, lab.gateway_table, f"bench-latency-raw#{run_id}-{number}")
+
+    callers = {name: via_gateway(url) for name, url in urls.items()}
+    callers["boto3 PutItem → DynamoDB Local"] = direct
+    samples: dict[str, list[float]] = {name: [] for name in callers}
+    for call in callers.values():
+        _timed(call, -warmup, warmup, [])
+    for start in range(0, calls, BLOCK):
+        for name, call in callers.items():
+            _timed(call, start, min(BLOCK, calls - start), samples[name])
+    client.close()
+    return {name: summarize(times) for name, times in samples.items()}
+
+
+def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
+    gateway_dynamodb = "httpx → gateway (DynamoDB)"
+    gateway_sqlite = "httpx → gateway (SQLite)"
+    sqlite_url = f"sqlite:///{lab.sqlite_path('latency')}"
+    with (
+        lab.gateway(lab.dynamodb_url(lab.gateway_table)) as on_dynamodb,
+        lab.gateway(sqlite_url) as on_sqlite,
+    ):
+        python = _python_clients(
+            lab,
+            {gateway_dynamodb: on_dynamodb.url, gateway_sqlite: on_sqlite.url},
+            calls=calls,
+            warmup=warmup,
+        )
+        servers = {
+            "gateway (DynamoDB)": (on_dynamodb.url, "claims", ()),
+            "gateway (SQLite)": (on_sqlite.url, "claims", ()),
+            "DynamoDB Local PutItem": (
+                lab.dynamodb.endpoint_url,
+                "dynamodb_claims",
+                (lab.gateway_table,),
+            ),
+        }
+        wrk = {}
+        for name, (url, script, extra) in servers.items():
+            run_wrk(lab, url, script, connections=1, duration_s=1, extra_args=extra)  # warm-up
+            wrk[name] = run_wrk(
+                lab, url, script, connections=1, duration_s=wrk_seconds, extra_args=extra
+            )
+
+    boto3_p50 = python["boto3 PutItem → DynamoDB Local"].median
+    client_ratio = python[gateway_dynamodb].median / boto3_p50
+    python_rows = [
+        [
+            name,
+            str(summary.n),
+            ms(summary.median),
+            ms(summary.p99),
+            ratio_text(summary.median / boto3_p50) if "gateway" in name else "baseline",
+        ]
+        for name, summary in python.items()
+    ]
+    database = wrk["DynamoDB Local PutItem"]
+    added_p50 = wrk["gateway (DynamoDB)"].p50_s - database.p50_s
+    wrk_rows = [
+        [
+            name,
+            str(result.requests),
+            ms(result.p50_s),
+            ms(result.p99_s),
+            ms(result.p50_s - database.p50_s) if name == "gateway (DynamoDB)" else "",
+        ]
+        for name, result in wrk.items()
+    ]
+    return Section(
+        title="Gateway overhead (concurrency 1)",
+        method=(
+            f"Python clients: {calls} claims of fresh keys each after {warmup} warm-up ones, "
+            f"taking turns in blocks of {BLOCK}; one `httpx.Client` to 1-worker gateways, and "
+            "boto3 making the gateway's own conditional PutItem (same table, same item, same "
+            f"condition). wrk: 1 connection for {wrk_seconds:g} s per target after a 1 s "
+            "warm-up, posting claims of fresh keys; DynamoDB Local gets the same PutItem as "
+            "raw JSON."
+        ),
+        tables=[
+            Table(
+                ["Python client, concurrency 1", "Claims", "p50 (ms)", "p99 (ms)", "vs boto3"],
+                python_rows,
+            ),
+            Table(
+                ["wrk, 1 connection", "Requests", "p50 (ms)", "p99 (ms)", "Added p50 (ms)"],
+                wrk_rows,
+            ),
+        ],
+        targets=[
+            Target(
+                name="Gateway claim p50 at concurrency 1 vs a raw boto3 conditional write",
+                measured=client_ratio,
+                goal=1.3,
+                at_most=True,
+                shown_as=ratio_text(client_ratio),
+                basis=f"{ms(python[gateway_dynamodb].median)} ms vs {ms(boto3_p50)} ms",
+            ),
+            Target(
+                name="Server-side time the gateway adds per request (ms, wrk p50)",
+                measured=added_p50 * 1000,
+                goal=0.3,
+                at_most=True,
+                shown_as=f"{ms(added_p50)} ms",
+                basis=(
+                    f"gateway (DynamoDB) {ms(wrk['gateway (DynamoDB)'].p50_s)} ms - "
+                    f"DynamoDB Local {ms(database.p50_s)} ms"
+                ),
+            ),
+        ],
+        notes=[
+            "The gateways run their default settings, access log included (to a file).",
+        ],
+    )

@@ -1,0 +1,225 @@
+"""5. Scale: claim latency with many records already stored, and over 1,000 namespaces.
+
+Stored records are completed ones spread over 1,000 namespaces. SQLite files are filled
+directly with ``sqlite3`` in the schema the gateway created on them; DynamoDB Local is filled with
+BatchWriteItem in the gateway's item layout, for as long as the time budget allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from bench._lab import TTL_S, Lab, claim_item
+from bench._stats import ms, ratio_text
+from bench._wrk import WrkResult, run_wrk
+from bench.report import Section, Table, Target
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+__all__ = ["run"]
+
+NAMESPACES = 1000
+NAMESPACE_PREFIX = "bench-scale-"
+SCALE_TABLE = "idemgate-scale"
+BATCH = 25  # BatchWriteItem's limit
+FILL_THREADS = 4
+GOAL = 1.2
+_INSERT = (
+    "INSERT INTO records (namespace, key, status, fingerprint, attempt, lease_token, "
+    "lease_expires_at, ttl_s, expires_at_s, completed_at, result) "
+    "VALUES (?, ?, 'completed', NULL, 1, ?, ?, ?, ?, ?, '{\"ok\":true}')"
+)
+
+
+def _namespace(number: int) -> str:
+    return f"{NAMESPACE_PREFIX}{number % NAMESPACES:04d}"
+
+
+def _sqlite_rows(start: int, stop: int) -> Iterator[tuple[object, ...]]:
+    now_ms = time.time_ns() // 1_000_000
+    for number in range(start, stop):
+        token = f"{number:024d}"
+        yield (
+            _namespace(number),
+            f"stored-{number}",
+            token,
+            now_ms,
+            TTL_S,
+            now_ms // 1000 + TTL_S,
+            now_ms,
+        )
+
+
+def _fill_sqlite(lab: Lab, records: int) -> str:
+    """A SQLite storage URL holding ``records`` completed records."""
+    path = lab.sqlite_path(f"scale-{records}")
+    url = f"sqlite:///{path}"
+    with lab.gateway(url):  # the gateway creates its schema on the new file
+        pass
+    with contextlib.closing(sqlite3.connect(path)) as database, database:
+        database.executemany(_INSERT, _sqlite_rows(0, records))
+    return url
+
+
+def _fill_dynamodb(client: DynamoDBClient, start: int, stop: int, deadline: float) -> int:
+    """Write records ``start``.. up to ``stop`` or the deadline; the count stored after it."""
+    now_ms = time.time_ns() // 1_000_000
+    chunks = itertools.count(start, BATCH)  # shared by the threads; next() is atomic
+    written = [0] * FILL_THREADS
+
+    def fill(thread: int) -> None:
+        for first in chunks:
+            if first >= stop or time.monotonic() >= deadline:
+                return
+            requests = [
+                {
+                    "PutRequest": {
+                        "Item": claim_item(
+                            f"{_namespace(n)}#stored-{n}", now_ms=now_ms, status="completed"
+                        )
+                    }
+                }
+                for n in range(first, min(first + BATCH, stop))
+            ]
+            while requests:
+                answer = client.batch_write_item(RequestItems={SCALE_TABLE: requests})
+                written[thread] += len(requests)
+                requests = answer.get("UnprocessedItems", {}).get(SCALE_TABLE, [])  # type: ignore[assignment]
+                written[thread] -= len(requests)
+
+    with ThreadPoolExecutor(FILL_THREADS) as pool:
+        list(pool.map(fill, range(FILL_THREADS)))
+    return start + sum(written)
+
+
+def _dynamodb_put(lab: Lab, seconds: float) -> WrkResult:
+    """DynamoDB Local's own time for the claim's PutItem at this size: the store's share."""
+    return run_wrk(
+        lab,
+        lab.dynamodb.endpoint_url,
+        "dynamodb_claims",
+        connections=1,
+        duration_s=seconds,
+        namespace_prefix=NAMESPACE_PREFIX,
+        extra_args=(SCALE_TABLE,),
+    )
+
+
+def _latencies(lab: Lab, url: str, seconds: float) -> dict[str, WrkResult]:
+    """Claims of fresh keys in one namespace, then rotating over 1,000 namespaces."""
+    run_wrk(lab, url, "claims", connections=1, duration_s=1)  # warm-up
+    return {
+        target: run_wrk(
+            lab,
+            url,
+            "claims",
+            connections=1,
+            duration_s=seconds,
+            namespace_prefix=NAMESPACE_PREFIX,
+            namespace_count=namespace_count,
+        )
+        for target, namespace_count in (("1 namespace", 1), ("1,000 namespaces", NAMESPACES))
+    }
+
+
+def _rows_and_targets(
+    backend: str, small: int, large: int, figures: dict[int, dict[str, WrkResult]]
+) -> tuple[list[list[str]], list[Target]]:
+    rows, targets = [], []
+    for records, by_target in figures.items():
+        for target, result in by_target.items():
+            base = figures[small][target]
+            rows.append(
+                [
+                    backend,
+                    f"{records:,}",
+                    target,
+                    str(result.requests),
+                    ms(result.p50_s),
+                    ms(result.p99_s),
+                    ratio_text(result.p50_s / base.p50_s) if records != small else "baseline",
+                    ratio_text(result.p99_s / base.p99_s) if records != small else "baseline",
+                ]
+            )
+    for figure in ("p50", "p99"):
+        big = getattr(figures[large]["1 namespace"], f"{figure}_s")
+        base = getattr(figures[small]["1 namespace"], f"{figure}_s")
+        targets.append(
+            Target(
+                name=f"{backend}: claim {figure} with {large:,} stored vs {small:,} stored",
+                measured=big / base,
+                goal=GOAL,
+                at_most=True,
+                shown_as=ratio_text(big / base),
+                basis=f"{ms(big)} ms vs {ms(base)} ms (wrk, 1 connection, 1 namespace)",
+            )
+        )
+    return rows, targets
+
+
+def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: float) -> Section:
+    section = Section(
+        title="Scale",
+        method=(
+            f"Stored records are completed ones spread over {NAMESPACES:,} namespaces. Each "
+            f"size is measured with wrk (1 connection, {seconds:g} s after a 1 s warm-up) "
+            "claiming fresh keys in one of those namespaces, then rotating over all "
+            f"{NAMESPACES:,}; 1-worker gateways. For DynamoDB, wrk also sends the claim's "
+            "PutItem straight to DynamoDB Local at each size, to show the store's own share."
+        ),
+    )
+    sqlite: dict[int, dict[str, WrkResult]] = {}
+    for records in (small, large):
+        started = time.monotonic()
+        url = _fill_sqlite(lab, records)
+        section.notes.append(
+            f"SQLite: {records:,} records inserted in {time.monotonic() - started:.1f} s."
+        )
+        with lab.gateway(url) as gateway:
+            sqlite[records] = _latencies(lab, gateway.url, seconds)
+    sqlite_rows, sqlite_targets = _rows_and_targets("SQLite", small, large, sqlite)
+
+    lab.create_gateway_table(SCALE_TABLE)
+    client = lab.boto3_client(pool_size=FILL_THREADS)
+    dynamodb: dict[int, dict[str, WrkResult]] = {}
+    with lab.gateway(lab.dynamodb_url(SCALE_TABLE)) as gateway:
+        stored = _fill_dynamodb(client, 0, small, deadline=float("inf"))
+        dynamodb[stored] = _latencies(lab, gateway.url, seconds)
+        dynamodb[stored]["PutItem straight to DynamoDB Local"] = _dynamodb_put(lab, seconds)
+        started = time.monotonic()
+        reached = _fill_dynamodb(client, small, large, deadline=started + fill_budget_s)
+        elapsed = time.monotonic() - started
+        dynamodb[reached] = _latencies(lab, gateway.url, seconds)
+        dynamodb[reached]["PutItem straight to DynamoDB Local"] = _dynamodb_put(lab, seconds)
+    section.notes.append(
+        f"DynamoDB Local: filled to {reached:,} of the {large:,} records asked for within "
+        f"a {fill_budget_s:g} s budget ({(reached - small) / elapsed:,.0f} items/s with "
+        f"BatchWriteItem from {FILL_THREADS} threads)"
+        + ("." if reached >= large else "; its target below compares that size instead.")
+    )
+    dynamodb_rows, dynamodb_targets = _rows_and_targets("DynamoDB", small, reached, dynamodb)
+    rows = sqlite_rows + dynamodb_rows
+    section.targets += sqlite_targets + dynamodb_targets
+    section.tables.append(
+        Table(
+            [
+                "Backend",
+                "Stored records",
+                "Claims to",
+                "Requests",
+                "p50 (ms)",
+                "p99 (ms)",
+                "p50 vs smallest",
+                "p99 vs smallest",
+            ],
+            rows,
+        )
+    )
+    return section

@@ -1,0 +1,78 @@
+"""The benchmark suite keeps working: a ``--quick`` run writes a complete report.
+
+Figures from tiny counts mean nothing, so nothing here looks at timings: only that every section
+is there and every ratio was computed from the figures beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SECTIONS = [
+    "## Targets",
+    "## 1. Function-side CPU per invocation",
+    "## 2. Cold start",
+    "## 3. Gateway overhead (concurrency 1)",
+    "## 4. Gateway throughput per box",
+    "## 5. Scale",
+    "## 6. Deadline adherence",
+    "## Machine",
+    "## Versions",
+    "## Commands",
+]
+TARGET_COUNT = 13
+
+
+def _targets(report: str) -> list[list[str]]:
+    table = report.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in table.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[2:]]  # past the header and its rule
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    output = tmp_path_factory.mktemp("bench") / "performance.md"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=REPO,
+        check=True,
+        timeout=600,
+    )
+    return output.read_text()
+
+
+@pytest.mark.timeout(660)
+def test_the_report_has_every_section_in_order(report: str) -> None:
+    positions = [report.index(heading) for heading in SECTIONS]
+    assert positions == sorted(positions)
+    for fact in ("nproc", "CPU model", "Memory", "aws-lambda-powertools", "boto3", "httpx"):
+        assert f"| {fact} |" in report
+    assert "make bench" in report
+    assert "wrk --threads" in report
+
+
+@pytest.mark.timeout(660)
+def test_every_target_is_judged_from_a_computed_figure(report: str) -> None:
+    targets = _targets(report)
+    assert len(targets) == TARGET_COUNT
+    for name, measured, goal, met, basis in targets:
+        figure = re.match(r"-?[\d,]+\.?\d*", measured)
+        assert figure, f"{name}: no figure in {measured!r}"
+        assert math.isfinite(_number(figure.group()))
+        assert goal.startswith(("≤ ", "≥ "))
+        assert met in ("yes", "**no**")
+        pair = re.match(r"(?:median )?([\d,.]+) ms vs ([\d,.]+) ms", basis)
+        if measured.endswith("x") and pair:
+            ratio = _number(pair.group(1)) / _number(pair.group(2))
+            assert _number(measured[:-1]) == pytest.approx(ratio, rel=0.05, abs=0.01), name
