@@ -106,6 +106,10 @@ class SQLiteStorage(Storage):
             self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
             self._connection.execute("PRAGMA journal_mode = WAL")
             self._connection.execute("PRAGMA synchronous = NORMAL")
+            # SQLite's default 2 MB page cache thrashes once a file holds a million records;
+            # mapping the file lets every worker share the operating system's cache instead.
+            self._connection.execute("PRAGMA cache_size = -65536")
+            self._connection.execute("PRAGMA mmap_size = 268435456")
             self._connection.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailableError(f"cannot open SQLite file {self.path}: {exc}") from exc
