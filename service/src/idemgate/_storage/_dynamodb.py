@@ -234,9 +234,12 @@ class DynamoDBClient:
         )
         return list(headers.items())
 
-    async def call(self, operation: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """One API call's answer; raises ``ConditionFailedError`` or ``StorageUnavailableError``."""
-        body = orjson.dumps(payload)
+    async def call(self, operation: str, **request: Any) -> dict[str, Any]:
+        """One API call on the table, and its answer.
+
+        Raises ``ConditionFailedError`` or ``StorageUnavailableError``.
+        """
+        body = orjson.dumps({"TableName": self.table, **request})
         target = f"{_API_VERSION}.{operation}"
         failure = ""
         for attempt in range(self._max_attempts):
@@ -343,12 +346,11 @@ class DynamoDBStorage(Storage):
 
     def __init__(self, client: DynamoDBClient) -> None:
         self._client = client
-        self.table = client.table
 
     async def _write(self, operation: str, **request: Any) -> dict[str, Any] | None:
         """A conditional write; None when its condition did not hold."""
         try:
-            return await self._client.call(operation, {"TableName": self.table, **request})
+            return await self._client.call(operation, **request)
         except ConditionFailedError:
             return None
 
@@ -371,10 +373,7 @@ class DynamoDBStorage(Storage):
         )
 
     async def get(self, namespace: str, key: str) -> Record | None:
-        answer = await self._client.call(
-            "GetItem",
-            {"TableName": self.table, "Key": _pk(namespace, key), "ConsistentRead": True},
-        )
+        answer = await self._client.call("GetItem", Key=_pk(namespace, key), ConsistentRead=True)
         item = answer.get("Item")
         return _record(item) if item else None
 
@@ -383,14 +382,11 @@ class DynamoDBStorage(Storage):
         try:
             await self._client.call(
                 "PutItem",
-                {
-                    "TableName": self.table,
-                    "Item": _item(record),
-                    "ConditionExpression": condition,
-                    "ExpressionAttributeNames": _names(condition),
-                    "ExpressionAttributeValues": {":now_s": _n(now_s)},
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                },
+                Item=_item(record),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=_names(condition),
+                ExpressionAttributeValues={":now_s": _n(now_s)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ConditionFailedError as failed:
             if failed.item:
@@ -473,10 +469,10 @@ class DynamoDBStorage(Storage):
         return deleted is not None
 
     async def delete(self, namespace: str, key: str) -> None:
-        await self._client.call("DeleteItem", {"TableName": self.table, "Key": _pk(namespace, key)})
+        await self._client.call("DeleteItem", Key=_pk(namespace, key))
 
     async def check(self) -> None:
-        await self._client.call("DescribeTable", {"TableName": self.table})
+        await self._client.call("DescribeTable")
 
     async def close(self) -> None:
         await self._client.close()
@@ -491,29 +487,23 @@ async def create_table(client: DynamoDBClient) -> None:
     try:
         await client.call(
             "CreateTable",
-            {
-                "TableName": client.table,
-                "AttributeDefinitions": [{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
-                "KeySchema": [{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST",
-            },
+            AttributeDefinitions=[{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
         )
     except DynamoDBRefusedError as exc:
         if exc.error != "ResourceInUseException":
             raise
     for _ in range(int(_TABLE_WAIT_S / _TABLE_POLL_S)):
-        table = await client.call("DescribeTable", {"TableName": client.table})
+        table = await client.call("DescribeTable")
         if table["Table"]["TableStatus"] == "ACTIVE":
             break
         await asyncio.sleep(_TABLE_POLL_S)
     else:
         raise StorageUnavailableError(f"table {client.table!r} did not become ACTIVE in time")
-    ttl = await client.call("DescribeTimeToLive", {"TableName": client.table})
+    ttl = await client.call("DescribeTimeToLive")
     if ttl["TimeToLiveDescription"].get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
         await client.call(
             "UpdateTimeToLive",
-            {
-                "TableName": client.table,
-                "TimeToLiveSpecification": {"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-            },
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
         )
