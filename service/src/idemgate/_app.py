@@ -18,7 +18,7 @@ from idemgate._problems import (
 )
 from idemgate._records import RecordService, epoch_ms
 from idemgate._routers import health, records
-from idemgate._settings import Settings, load_settings
+from idemgate._settings import Settings
 from idemgate._storage import Storage, open_storage
 
 __all__ = ["create_app"]
@@ -42,7 +42,7 @@ async def _sweep_forever(storage: Storage, interval_s: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app; ``settings`` default to the ``IDEMGATE_*`` environment."""
-    settings = settings or load_settings()
+    settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

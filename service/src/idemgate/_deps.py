@@ -1,4 +1,4 @@
-"""FastAPI dependencies, declared ``async`` so resolving them never costs a thread hop."""
+"""What request handlers take from the app: its records service and its settings."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ from fastapi import Depends, Request
 from idemgate._records import RecordService
 from idemgate._settings import Settings
 
-__all__ = ["RecordsDep", "SettingsDep", "get_records", "get_settings"]
+__all__ = ["RecordsDep", "get_records", "records_of", "settings_of"]
 
 
-async def get_settings(request: Request) -> Settings:
-    """The settings the app was created with; tests may override this dependency."""
+def records_of(request: Request) -> RecordService:
+    records: RecordService = request.app.state.records
+    return records
+
+
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 async def get_records(request: Request) -> RecordService:
-    records: RecordService = request.app.state.records
-    return records
+    """``records_of`` as a dependency, declared ``async`` so it never costs a thread hop."""
+    return records_of(request)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 RecordsDep = Annotated[RecordService, Depends(get_records)]

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from idemgate._deps import records_of
 from idemgate._exceptions import (
     InvalidRequestError,
     MethodNotAllowedError,
@@ -60,7 +61,7 @@ def problem_response(request: Request, error: ProblemError) -> Response:
     request.state.outcome = error.code
     if isinstance(error, StorageUnavailableError):
         logger.warning("storage unavailable: %s", error.detail)
-        record_storage_error(request.app.state.records.storage.name)
+        record_storage_error(records_of(request).storage.name)
     return _problem(
         error.status,
         error.code,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_STORAGE", "Settings", "load_settings"]
+__all__ = ["DEFAULT_STORAGE", "Settings"]
 
 DEFAULT_STORAGE = "sqlite:///data/idemgate.db"
 # DynamoDB caps an item at 400 KB; the rest of the record needs room too.
@@ -31,9 +30,3 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
-
-
-@lru_cache
-def load_settings() -> Settings:
-    """The settings of this process, read once from the environment."""
-    return Settings()

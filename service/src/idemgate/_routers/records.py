@@ -13,9 +13,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from idemgate._deps import records_of, settings_of
 from idemgate._exceptions import InvalidRequestError, PayloadTooLargeError
-from idemgate._records import RecordService
-from idemgate._settings import Settings
 from idemgate._storage import Record
 
 __all__ = ["router"]
@@ -134,11 +133,6 @@ router = APIRouter(
 )
 
 
-def _records(request: Request) -> RecordService:
-    records: RecordService = request.app.state.records
-    return records
-
-
 def _json(body: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
     return Response(
         orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
@@ -180,7 +174,7 @@ def _completed(record: Record) -> dict[str, Any]:
 async def claim(
     request: Request, namespace: Namespace, key: Key, body: ClaimBody = _NO_CLAIM_BODY
 ) -> Response:
-    answer = await _records(request).claim(
+    answer = await records_of(request).claim(
         namespace,
         key,
         fingerprint=body.fingerprint,
@@ -211,9 +205,8 @@ async def claim(
 async def complete(
     request: Request, namespace: Namespace, key: Key, body: CompleteBody
 ) -> Response:
-    settings: Settings = request.app.state.settings
-    result = _result_json(body.result, settings.max_result_bytes)
-    record = await _records(request).complete(
+    result = _result_json(body.result, settings_of(request).max_result_bytes)
+    record = await records_of(request).complete(
         namespace,
         key,
         lease_token=body.lease_token,
@@ -229,7 +222,7 @@ async def complete(
     summary="Give the key up so a retry can run now",
 )
 async def release(request: Request, namespace: Namespace, key: Key, body: ReleaseBody) -> Response:
-    await _records(request).release(namespace, key, lease_token=body.lease_token)
+    await records_of(request).release(namespace, key, lease_token=body.lease_token)
     return Response(status_code=204)
 
 
@@ -238,7 +231,7 @@ async def release(request: Request, namespace: Namespace, key: Key, body: Releas
     summary="Extend the holder's lease (a heartbeat for long work)",
 )
 async def extend(request: Request, namespace: Namespace, key: Key, body: ExtendBody) -> Response:
-    lease_expires_at = await _records(request).extend(
+    lease_expires_at = await records_of(request).extend(
         namespace,
         key,
         lease_token=body.lease_token,
@@ -249,7 +242,7 @@ async def extend(request: Request, namespace: Namespace, key: Key, body: ExtendB
 
 @router.get("", summary="Read a record (never its lease token)")
 async def read(request: Request, namespace: Namespace, key: Key) -> Response:
-    record = await _records(request).get(namespace, key)
+    record = await records_of(request).get(namespace, key)
     return _json(
         {
             "namespace": record.namespace,
@@ -267,5 +260,5 @@ async def read(request: Request, namespace: Namespace, key: Key) -> Response:
 
 @router.delete("", status_code=204, summary="Delete a record so the work runs again")
 async def delete(request: Request, namespace: Namespace, key: Key) -> Response:
-    await _records(request).delete(namespace, key)
+    await records_of(request).delete(namespace, key)
     return Response(status_code=204)
