@@ -7,8 +7,9 @@ extend are writes conditional on the lease token. Expiry is enforced by those co
 the TTL attribute ``expires_at`` (epoch seconds) only lets DynamoDB clean up.
 
 DynamoDB is spoken to directly, over its JSON protocol with SigV4 signatures, from one pool of
-keep-alive connections (httpcore): botocore would spend about 2 ms of CPU per call building,
-signing and parsing a few hundred bytes of JSON, and would hold a thread while it waits.
+keep-alive connections (``_connections``): botocore would spend about 2 ms of CPU per call
+building, signing and parsing a few hundred bytes of JSON, and would hold a thread while it
+waits.
 botocore still supplies the credentials, so every source of its chain (environment, profiles,
 container and instance roles, web identity) works, refreshed as they expire.
 """
@@ -20,19 +21,15 @@ import datetime
 import hashlib
 import hmac
 import random
-import socket
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-import httpcore
 import orjson
 
 from idemgate._exceptions import ConfigurationError, PayloadTooLargeError, StorageUnavailableError
 from idemgate._storage import DynamoDBLocation
 from idemgate._storage._base import Record, Status, Storage
-
-if TYPE_CHECKING:
-    import ssl
+from idemgate._storage._connections import ConnectionPool, ExchangeError
 
 __all__ = [
     "PARTITION_KEY",
@@ -171,19 +168,11 @@ class DynamoDBClient:
         self.table = location.table
         self.region = region
         self.endpoint = location.endpoint_url or f"https://dynamodb.{region}.amazonaws.com"
-        self._host = self.endpoint.split("://", 1)[-1].split("/", 1)[0]
         self._credentials = session.get_credentials()
         self._scope_suffix = f"/{region}/dynamodb/aws4_request"
         self._signing_keys: dict[tuple[str, str], bytes] = {}
         self._max_attempts = max_attempts
-        timeout_s = timeout_ms / 1000
-        self._timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s}
-        self._timeouts["pool"] = timeout_s
-        self._pool = httpcore.AsyncConnectionPool(
-            max_connections=pool_size,
-            network_backend=_OneWriteBackend(),
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
+        self._pool = ConnectionPool(self.endpoint, size=pool_size, timeout_s=timeout_ms / 1000)
 
     def _signing_key(self, secret_key: str, date: str) -> bytes:
         cached = self._signing_keys.get((secret_key, date))
@@ -204,7 +193,7 @@ class DynamoDBClient:
         date = amz_date[:8]
         headers = {
             "content-type": _CONTENT_TYPE,
-            "host": self._host,
+            "host": self._pool.authority,
             "x-amz-date": amz_date,
             "x-amz-target": target,
         }
@@ -248,21 +237,15 @@ class DynamoDBClient:
                     random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
                 )
             try:
-                response = await self._pool.request(
-                    "POST",
-                    self.endpoint,
-                    headers=self._signed_headers(target, body),
-                    content=body,
-                    extensions={"timeout": self._timeouts},
-                )
-            except httpcore.TimeoutException as exc:
-                failure = f"timed out: {type(exc).__name__}"
+                response = await self._pool.post(self._signed_headers(target, body), body)
+            except TimeoutError:
+                failure = "timed out"
                 continue
-            except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            except (ExchangeError, OSError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
                 continue
             try:
-                answer: dict[str, Any] = orjson.loads(response.content or b"{}")
+                answer: dict[str, Any] = orjson.loads(response.body or b"{}")
             except orjson.JSONDecodeError:  # e.g. a proxy's HTML error page
                 answer = {}
             if response.status == 200:
@@ -281,62 +264,7 @@ class DynamoDBClient:
         raise StorageUnavailableError(f"DynamoDB {operation} on {self.table!r} failed: {failure}")
 
     async def close(self) -> None:
-        await self._pool.aclose()
-
-
-class _OneWriteStream(httpcore.AsyncNetworkStream):
-    """Holds writes until the next read, so each request leaves in one send.
-
-    httpcore writes a request's headers and body separately; coalescing them saves a system
-    call and a wake-up of the peer on every storage operation.
-    """
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-        self._pending = bytearray()
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._pending += buffer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._pending:
-            pending, self._pending = bytes(self._pending), bytearray()
-            await self._stream.write(pending, timeout)
-        return await self._stream.read(max_bytes, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        tls = await self._stream.start_tls(ssl_context, server_hostname, timeout)
-        return _OneWriteStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _OneWriteBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self._backend = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _OneWriteStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
+        await self._pool.close()
 
 
 class DynamoDBStorage(Storage):
