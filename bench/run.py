@@ -56,7 +56,7 @@ FULL = Counts(
     connections=(16, 64),
     scale_small=10_000,
     scale_large=1_000_000,
-    dynamodb_fill_budget_s=180,
+    dynamodb_fill_budget_s=300,
     deadline_trials=100,
 )
 # Every code path of the full run, with counts too small to mean anything: for the smoke test.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -85,7 +84,7 @@ class _JSONFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return orjson.dumps(line, default=str).decode()
 
 
 def configure_logging(level: str) -> None:
@@ -190,4 +189,4 @@ class RequestContextMiddleware:
                 if _SANE_REQUEST_ID.fullmatch(candidate):
                     return candidate
                 break
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()  # as unique as a uuid4, without its object
