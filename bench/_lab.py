@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
-from idemgate.testing import DynamoDBLocal, GatewayServer
+from idemgate.testing import DynamoDBLocal, GatewayServer, free_port
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -74,6 +75,28 @@ class Lab:
             yield server
         finally:
             server.stop()
+
+    @contextlib.contextmanager
+    def floor_server(self) -> Iterator[str]:
+        """``bench._floor`` under uvicorn, configured as ``idemgate serve`` runs it; its URL."""
+        port = free_port()
+        command = [sys.executable, "-m", "uvicorn", "bench._floor:app", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--loop", "uvloop", "--lifespan", "off"]
+        command += ["--http", "idemgate._http:OneWriteHttpToolsProtocol", "--no-access-log"]
+        with _stdio_to(self.gateway_log):
+            process = subprocess.Popen(command, cwd=Path(__file__).parent.parent)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"uvicorn did not start: see {self.gateway_log}")
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
     def boto3_client(self, *, pool_size: int = 10) -> DynamoDBClient:
         """A client configured like the gateway's own (pool, timeouts, standard retries)."""

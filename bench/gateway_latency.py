@@ -21,6 +21,7 @@ from bench.report import Section, Table, Target
 
 __all__ = ["run"]
 
+FLOOR = "uvicorn alone, fixed answer"
 BLOCK = 100  # calls per turn; the clients take turns so drift hits all alike
 CLAIM_BODY = b'{"fingerprint":null,"lease_ms":60000,"ttl_s":86400}'
 
@@ -72,6 +73,7 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
     with (
         lab.gateway(lab.dynamodb_url(lab.gateway_table)) as on_dynamodb,
         lab.gateway(sqlite_url) as on_sqlite,
+        lab.floor_server() as floor_url,
     ):
         python = _python_clients(
             lab,
@@ -82,6 +84,7 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
         servers = {
             "gateway (DynamoDB)": (on_dynamodb.url, "claims", ()),
             "gateway (SQLite)": (on_sqlite.url, "claims", ()),
+            FLOOR: (floor_url, "claims", ()),
             "DynamoDB Local PutItem": (
                 lab.dynamodb.endpoint_url,
                 "dynamodb_claims",
@@ -162,5 +165,9 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
         ],
         notes=[
             "The gateways run their default settings, access log included (to a file).",
+            f"*{FLOOR}*: `bench/_floor.py`, an ASGI app that reads the claim and answers a "
+            "fixed 201, under uvicorn with the gateway's own loop and HTTP settings: what the "
+            "HTTP server and loopback cost before any gateway code runs "
+            f"({ms(wrk[FLOOR].p50_s)} ms p50 in this run).",
         ],
     )
