@@ -142,9 +142,11 @@ class GatewayPersistenceLayer:
         self.max_attempts = max_attempts
         self.metrics_namespace = metrics_namespace
         self._records_url = f"{self.url}/v1/records/{namespace}/"
-        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = {"content-type": "application/json", "accept": "application/json"}
         if token:
-            self._headers["authorization"] = f"Bearer {token}"
+            headers["authorization"] = f"Bearer {token}"
+        # Built once: each request copies it instead of validating a dict again.
+        self._headers = httpx.Headers(headers)
         if transport is None:
             # Plain-HTTP gateways (the usual in-VPC case) never pay for an SSL context.
             ssl_context = httpx.create_ssl_context() if base.scheme == "https" else None
