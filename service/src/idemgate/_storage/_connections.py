@@ -63,7 +63,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._waiter is None:  # a second answer to one request: the stream is confused
+        if self._waiter is None or self._waiter.done():
+            # A second answer to one request, or one to a call that gave up: out of step.
             self.close()
             return
         self.reusable = self.reusable and self._parser.should_keep_alive()
