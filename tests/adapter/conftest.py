@@ -30,29 +30,24 @@ def unreachable_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-class StallingServer:
-    """A TCP server on 127.0.0.1 that accepts connections and never finishes a response.
+class LoopbackServer:
+    """A threaded TCP server on 127.0.0.1: ``serve`` runs on a thread of its own per connection.
 
-    With ``trickle`` it sends that response one byte every ``interval`` seconds; without, it
-    stays silent. Each connection stops by itself after ``lifetime`` seconds, and all of them
-    stop when the server does.
+    On exit it stops accepting, shuts every connection down (which wakes a thread blocked in
+    ``recv``) and waits for the threads.
     """
 
-    def __init__(
-        self, *, trickle: bytes | None = None, interval: float = 0.01, lifetime: float = 10.0
-    ) -> None:
-        self.trickle = trickle
-        self.interval = interval
-        self.lifetime = lifetime
+    def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
+        self._listener.settimeout(0.05)  # so the accept loop notices the server stopping
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self._open: list[socket.socket] = []
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.connections = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+    def serve(self, connection: socket.socket) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> Self:
         self._start(self._accept)
@@ -60,6 +55,9 @@ class StallingServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
+        for connection in self._open:
+            with contextlib.suppress(OSError):  # already closed
+                connection.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
         self._listener.close()
@@ -76,9 +74,27 @@ class StallingServer:
             except TimeoutError:
                 continue
             self.connections += 1
-            self._start(self._stall, connection)
+            self._open.append(connection)
+            self._start(self.serve, connection)
 
-    def _stall(self, connection: socket.socket) -> None:
+
+class StallingServer(LoopbackServer):
+    """A server that accepts connections and never finishes a response.
+
+    With ``trickle`` it sends that response one byte every ``interval`` seconds; without, it
+    stays silent. Each connection stops by itself after ``lifetime`` seconds, and all of them
+    stop when the server does.
+    """
+
+    def __init__(
+        self, *, trickle: bytes | None = None, interval: float = 0.01, lifetime: float = 10.0
+    ) -> None:
+        super().__init__()
+        self.trickle = trickle
+        self.interval = interval
+        self.lifetime = lifetime
+
+    def serve(self, connection: socket.socket) -> None:
         ends = time.monotonic() + self.lifetime
         with connection, contextlib.suppress(OSError):  # the client hung up: done
             connection.settimeout(self.interval)

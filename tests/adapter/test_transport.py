@@ -6,15 +6,14 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Self
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from lambda_adapter._transport import DeadlineTransport, call_deadline
 
-from .conftest import StallingServer
+from .conftest import LoopbackServer, StallingServer
 
 SLACK_S = 0.050
 
@@ -29,54 +28,20 @@ class AndClose(bytes):
     """An answer after which the server closes the connection, whatever its headers said."""
 
 
-class ScriptedServer:
-    """An HTTP/1.1 server on 127.0.0.1 that answers each request with the next scripted answer.
+class ScriptedServer(LoopbackServer):
+    """An HTTP/1.1 server that answers each request with the next scripted answer.
 
     An answer of ``None`` closes the connection without sending a byte; an ``AndClose`` answer
     closes it after sending. Every connection closed releases ``closed``.
     """
 
     def __init__(self, *answers: bytes | None) -> None:
+        super().__init__()
         self.answers = list(answers)
         self.requests: list[bytes] = []
-        self.connections = 0
         self.closed = threading.Semaphore(0)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._open: list[socket.socket] = []
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> Self:
-        self._start(self._accept)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopping.set()
-        for connection in self._open:
-            with contextlib.suppress(OSError):  # already closed
-                connection.shutdown(socket.SHUT_RDWR)  # wakes its thread from recv
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._listener.close()
-
-    def _start(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            self._open.append(connection)
-            self._start(self._serve, connection)
-
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket) -> None:
         # The client may hang up first (e.g. on an answer it refuses): then this one is done.
         with connection, contextlib.suppress(OSError):
             connection.settimeout(5)
