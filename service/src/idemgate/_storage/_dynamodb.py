@@ -138,6 +138,11 @@ def _record(item: Mapping[str, Any]) -> Record:
     )
 
 
+def _held_by(token: str) -> dict[str, Any]:
+    """The values of ``_HELD``: in progress, under ``token``."""
+    return {":in_progress": _s(Status.IN_PROGRESS), ":token": _s(token)}
+
+
 def _names(*expressions: str) -> dict[str, str]:
     text = " ".join(expressions)
     return {placeholder: name for placeholder, name in _NAMES.items() if placeholder in text}
@@ -282,6 +287,17 @@ class DynamoDBStorage(Storage):
         except ConditionFailedError:
             return None
 
+    async def _write_held(self, operation: str, token: str, **request: Any) -> bool:
+        """A write conditional on the record being in progress under ``token``; whether done."""
+        written = await self._write(
+            operation,
+            ConditionExpression=_HELD,
+            ExpressionAttributeNames=_names(_HELD),
+            ExpressionAttributeValues=_held_by(token),
+            **request,
+        )
+        return written is not None
+
     async def _update_held(
         self, namespace: str, key: str, token: str, now_s: int, update: str, **values: Any
     ) -> dict[str, Any] | None:
@@ -291,12 +307,7 @@ class DynamoDBStorage(Storage):
             UpdateExpression=update,
             ConditionExpression=_LIVE_AND_HELD,
             ExpressionAttributeNames=_names(update, _LIVE_AND_HELD),
-            ExpressionAttributeValues={
-                ":in_progress": _s(Status.IN_PROGRESS),
-                ":token": _s(token),
-                ":now_s": _n(now_s),
-                **values,
-            },
+            ExpressionAttributeValues={**_held_by(token), ":now_s": _n(now_s), **values},
             ReturnValues="ALL_NEW",
         )
 
@@ -323,17 +334,7 @@ class DynamoDBStorage(Storage):
         return None
 
     async def take_over(self, record: Record, *, previous_token: str) -> bool:
-        replaced = await self._write(
-            "PutItem",
-            Item=_item(record),
-            ConditionExpression=_HELD,
-            ExpressionAttributeNames=_names(_HELD),
-            ExpressionAttributeValues={
-                ":in_progress": _s(Status.IN_PROGRESS),
-                ":token": _s(previous_token),
-            },
-        )
-        return replaced is not None
+        return await self._write_held("PutItem", previous_token, Item=_item(record))
 
     async def complete(
         self,
@@ -384,17 +385,7 @@ class DynamoDBStorage(Storage):
         return answer is not None
 
     async def release(self, namespace: str, key: str, lease_token: str) -> bool:
-        deleted = await self._write(
-            "DeleteItem",
-            Key=_pk(namespace, key),
-            ConditionExpression=_HELD,
-            ExpressionAttributeNames=_names(_HELD),
-            ExpressionAttributeValues={
-                ":in_progress": _s(Status.IN_PROGRESS),
-                ":token": _s(lease_token),
-            },
-        )
-        return deleted is not None
+        return await self._write_held("DeleteItem", lease_token, Key=_pk(namespace, key))
 
     async def delete(self, namespace: str, key: str) -> None:
         await self._client.call("DeleteItem", Key=_pk(namespace, key))
