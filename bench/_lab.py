@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import boto3
 from botocore.config import Config
 
 from idemgate.testing import DynamoDBLocal, GatewayServer, free_port
+from idemgate.testing import _stop as stop_process
+from idemgate.testing import _wait_for_port as wait_for_port
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -36,6 +37,7 @@ AWS_ENV = {
 GATEWAY_TABLE = "idemgate-bench"
 LEASE_MS = 60_000
 TTL_S = 86_400
+FLOOR_START_TIMEOUT_S = 30.0
 
 
 class Lab:
@@ -86,17 +88,10 @@ class Lab:
         with _stdio_to(self.gateway_log):
             process = subprocess.Popen(command, cwd=Path(__file__).parent.parent)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn did not start: see {self.gateway_log}")
-                time.sleep(0.05)
+            wait_for_port(port, process, time.monotonic() + FLOOR_START_TIMEOUT_S)
             yield f"http://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop_process(process)
 
     def boto3_client(self, *, pool_size: int = 10) -> DynamoDBClient:
         """A client configured like the gateway's own (pool, timeouts, standard retries)."""
