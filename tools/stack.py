@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from idemgate.testing import DynamoDBLocal
+from idemgate.testing import _stop as stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -39,7 +40,6 @@ LOOPBACK_ADDRESSES = {
     "0.0.0.0": "127.0.0.1",
 }
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,7 @@ def _running(step: Step) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _wait_ready(process: subprocess.Popen[bytes], stop: threading.Event) -> bool:
