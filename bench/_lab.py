@@ -79,14 +79,20 @@ class Lab:
             server.stop()
 
     @contextlib.contextmanager
-    def floor_server(self) -> Iterator[str]:
-        """``bench._floor`` under uvicorn, configured as ``idemgate serve`` runs it; its URL."""
+    def floor_server(self, storage: str | None = None) -> Iterator[str]:
+        """A ``bench._floor`` app under uvicorn, configured as ``idemgate serve`` runs it; its URL.
+
+        With ``storage``, the app that makes each claim on it; without, the fixed answer.
+        """
         port = free_port()
-        command = [sys.executable, "-m", "uvicorn", "bench._floor:app", "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--loop", "uvloop", "--lifespan", "off"]
-        command += ["--http", "idemgate._http:OneWriteHttpToolsProtocol", "--no-access-log"]
+        app = "bench._floor:claiming_app" if storage else "bench._floor:app"
+        lifespan = "on" if storage else "off"
+        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--loop", "uvloop", "--lifespan", lifespan, "--no-access-log"]
+        command += ["--http", "idemgate._http:OneWriteHttpToolsProtocol"]
+        env = {**os.environ, "IDEMGATE_STORAGE": storage} if storage else None
         with _stdio_to(self.gateway_log):
-            process = subprocess.Popen(command, cwd=Path(__file__).parent.parent)
+            process = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env)
         try:
             wait_for_port(port, process, time.monotonic() + FLOOR_START_TIMEOUT_S)
             yield f"http://127.0.0.1:{port}"

@@ -76,45 +76,32 @@ QUICK = Counts(
 )
 
 
-def _benchmarks(lab: Lab, counts: Counts) -> list[tuple[str, Callable[[], Section]]]:
-    return [
-        (
-            "function-cpu",
-            lambda: function_cpu.run(
-                lab, invocations=counts.cpu_invocations, warmup=counts.cpu_warmup
-            ),
-        ),
-        ("cold-start", lambda: cold_start.run(lab, repeats=counts.cold_start_repeats)),
-        (
-            "gateway-latency",
-            lambda: gateway_latency.run(
-                lab,
-                calls=counts.latency_calls,
-                warmup=counts.latency_warmup,
-                wrk_seconds=counts.wrk_seconds,
-            ),
-        ),
-        (
-            "throughput",
-            lambda: throughput.run(
-                lab,
-                worker_counts=counts.worker_counts,
-                connections=counts.connections,
-                seconds=counts.wrk_seconds,
-            ),
-        ),
-        (
-            "scale",
-            lambda: scale.run(
-                lab,
-                small=counts.scale_small,
-                large=counts.scale_large,
-                seconds=counts.wrk_seconds,
-                fill_budget_s=counts.dynamodb_fill_budget_s,
-            ),
-        ),
-        ("deadline", lambda: deadline.run(trials=counts.deadline_trials)),
-    ]
+BENCHMARKS: dict[str, Callable[[Lab, Counts], Section]] = {
+    "function-cpu": lambda lab, counts: function_cpu.run(
+        lab, invocations=counts.cpu_invocations, warmup=counts.cpu_warmup
+    ),
+    "cold-start": lambda lab, counts: cold_start.run(lab, repeats=counts.cold_start_repeats),
+    "gateway-latency": lambda lab, counts: gateway_latency.run(
+        lab,
+        calls=counts.latency_calls,
+        warmup=counts.latency_warmup,
+        wrk_seconds=counts.wrk_seconds,
+    ),
+    "throughput": lambda lab, counts: throughput.run(
+        lab,
+        worker_counts=counts.worker_counts,
+        connections=counts.connections,
+        seconds=counts.wrk_seconds,
+    ),
+    "scale": lambda lab, counts: scale.run(
+        lab,
+        small=counts.scale_small,
+        large=counts.scale_large,
+        seconds=counts.wrk_seconds,
+        fill_budget_s=counts.dynamodb_fill_budget_s,
+    ),
+    "deadline": lambda lab, counts: deadline.run(trials=counts.deadline_trials),
+}
 
 
 def _first_line(command: Sequence[str]) -> str:
@@ -160,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks, not figures")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="report to write")
     parser.add_argument(
-        "--only", nargs="+", metavar="NAME", help="run only these benchmarks (by name)"
+        "--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help="run only these benchmarks"
     )
     args = parser.parse_args(argv)
     counts = QUICK if args.quick else FULL
@@ -170,11 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = []
     with contextlib.ExitStack() as stack:
         lab = Lab(work_dir, stack)
-        for name, benchmark in _benchmarks(lab, counts):
+        for name, benchmark in BENCHMARKS.items():
             if args.only and name not in args.only:
                 continue
             print(f"bench: {name} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-            sections.append(benchmark())
+            sections.append(benchmark(lab, counts))
         versions = _versions(lab)
     minutes = (time.monotonic() - started) / 60
     command = shlex.join([".venv/bin/python", "-m", "bench", *(argv or sys.argv[1:])])
