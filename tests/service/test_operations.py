@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import boto3
 import httpx
@@ -60,6 +63,22 @@ def test_a_missing_table_is_503_not_500(dynamodb_local: DynamoDBLocal, namespace
     storage = dynamodb_local.storage_url("never-created")
     with GatewayServer(storage=storage, ready_path="/healthz") as gateway:
         assert_unavailable(gateway, namespace)
+
+
+def test_an_idle_client_connection_stays_open_for_keep_alive_s(tmp_path: Path) -> None:
+    env = {"IDEMGATE_KEEP_ALIVE_S": "1"}
+    with GatewayServer(storage=f"sqlite:///{tmp_path}/records.db", env=env) as gateway:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read()
+        assert connection.sock is not None
+        idle: socket.socket = connection.sock
+        idle.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            idle.recv(1)  # nothing to read, and not closed
+        idle.settimeout(3)  # uvicorn's own default would keep it open for 5 s
+        assert idle.recv(1) == b""  # the gateway closed it, a second after its answer
+        connection.close()
 
 
 @pytest.mark.parametrize(

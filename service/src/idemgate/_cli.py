@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        timeout_keep_alive=settings.keep_alive_s,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="idemgate._http:OneWriteHttpToolsProtocol",
         access_log=False,

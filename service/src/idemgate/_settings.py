@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
+    # Longer than a load balancer's idle timeout (an ALB's is 60 s), so the balancer, never the
+    # gateway, closes an idle connection: a close racing a new request would be a 502.
+    keep_alive_s: int = Field(default=75, ge=1)
     max_result_bytes: int = Field(default=262144, ge=1, le=DYNAMODB_ITEM_LIMIT_BYTES - 8192)
     storage_connections: int = Field(default=64, ge=1)
     storage_timeout_ms: int = Field(default=2000, ge=1)
