@@ -347,6 +347,10 @@ def test_bodies_far_too_large_are_refused_before_reading(
 def test_unknown_routes_and_methods_are_problems(client: httpx.Client, record_path: str) -> None:
     assert_problem(client.get("/v2/nothing"), 404, "NOT_FOUND")
     assert_problem(client.put(record_path), 405, "METHOD_NOT_ALLOWED")
+    assert_problem(client.get(f"{record_path}/claim"), 405, "METHOD_NOT_ALLOWED")
+    assert_problem(client.post(f"{record_path}/claim/again", json={}), 404, "NOT_FOUND")
+    assert_problem(client.post(f"{record_path}/renew", json={}), 404, "NOT_FOUND")
+    assert_problem(client.post("/v1/records//k/claim", json={}), 404, "NOT_FOUND")
 
 
 def test_a_sane_caller_request_id_is_echoed(client: httpx.Client, record_path: str) -> None:

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(records.router)
     app.include_router(health.router)
     install_problem_handlers(app)
+    app.add_middleware(records.RecordsLane)  # inside the request context: added first
     app.add_middleware(
         RequestContextMiddleware,
         log_requests=settings.access_log,
