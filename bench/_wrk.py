@@ -6,13 +6,15 @@ import json
 import secrets
 import shlex
 import shutil
+import statistics
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench._lab import Lab
 
-__all__ = ["WrkResult", "require_wrk", "run_wrk"]
+__all__ = ["WrkResult", "WrkTarget", "require_wrk", "run_wrk", "run_wrk_in_turns"]
 
 LUA_DIR = Path(__file__).parent / "lua"
 _MARK = "BENCH_JSON "
@@ -88,3 +90,53 @@ def run_wrk(
         p50_s=figures["p50_us"] / 1e6,
         p99_s=figures["p99_us"] / 1e6,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WrkTarget:
+    url: str
+    script: str
+    extra_args: tuple[str, ...] = ()
+
+
+def run_wrk_in_turns(
+    lab: Lab, targets: Mapping[str, WrkTarget], *, rounds: int, seconds_per_round: float
+) -> dict[str, WrkResult]:
+    """Each target at 1 connection in turn, ``rounds`` times over, after a 1 s warm-up each.
+
+    Taking turns lets drift on the box (DynamoDB Local's JVM, the other processes) hit every
+    target alike. Per target: the rounds' counts summed, and the median of their p50s and p99s.
+    """
+    for target in targets.values():
+        run_wrk(
+            lab,
+            target.url,
+            target.script,
+            connections=1,
+            duration_s=1,
+            extra_args=target.extra_args,
+        )
+    runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, target in targets.items():
+            runs[name].append(
+                run_wrk(
+                    lab,
+                    target.url,
+                    target.script,
+                    connections=1,
+                    duration_s=seconds_per_round,
+                    extra_args=target.extra_args,
+                )
+            )
+    return {
+        name: WrkResult(
+            requests=sum(run.requests for run in results),
+            completed_pairs=sum(run.completed_pairs for run in results),
+            errors=sum(run.errors for run in results),
+            duration_s=sum(run.duration_s for run in results),
+            p50_s=statistics.median(run.p50_s for run in results),
+            p99_s=statistics.median(run.p99_s for run in results),
+        )
+        for name, results in runs.items()
+    }
