@@ -94,9 +94,25 @@ def run_wrk(
 
 @dataclass(frozen=True, slots=True)
 class WrkTarget:
+    """What one run of ``run_wrk`` aims at, as its arguments."""
+
     url: str
     script: str
     extra_args: tuple[str, ...] = ()
+    namespace_prefix: str = "bench-"
+    namespace_count: int = 1
+
+    def run(self, lab: Lab, seconds: float) -> WrkResult:
+        return run_wrk(
+            lab,
+            self.url,
+            self.script,
+            connections=1,
+            duration_s=seconds,
+            namespace_prefix=self.namespace_prefix,
+            namespace_count=self.namespace_count,
+            extra_args=self.extra_args,
+        )
 
 
 def run_wrk_in_turns(
@@ -108,27 +124,11 @@ def run_wrk_in_turns(
     target alike. Per target: the rounds' counts summed, and the median of their p50s and p99s.
     """
     for target in targets.values():
-        run_wrk(
-            lab,
-            target.url,
-            target.script,
-            connections=1,
-            duration_s=1,
-            extra_args=target.extra_args,
-        )
+        target.run(lab, 1)
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, target in targets.items():
-            runs[name].append(
-                run_wrk(
-                    lab,
-                    target.url,
-                    target.script,
-                    connections=1,
-                    duration_s=seconds_per_round,
-                    extra_args=target.extra_args,
-                )
-            )
+            runs[name].append(target.run(lab, seconds_per_round))
     return {
         name: WrkResult(
             requests=sum(run.requests for run in results),

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from bench._lab import TTL_S, Lab, claim_item
 from bench._stats import ms, ratio_text
-from bench._wrk import WrkResult, run_wrk
+from bench._wrk import WrkResult, WrkTarget, run_wrk_in_turns
 from bench.report import Section, Table, Target
 from idemgate._storage import DynamoDBLocation, parse_storage_url
 from idemgate._storage._dynamodb import DynamoDBClient
@@ -28,6 +28,8 @@ SCALE_TABLE = "idemgate-scale"
 BATCH = 25  # BatchWriteItem's limit
 FILLERS = 4  # concurrent BatchWriteItem calls: DynamoDB Local was fastest at 4
 GOAL = 1.2
+ROUNDS = 4  # the targets at one size take turns, this many rounds each
+PUT_ITEM = "PutItem straight to DynamoDB Local"
 _INSERT = (
     "INSERT INTO records (namespace, key, status, fingerprint, attempt, lease_token, "
     "lease_expires_at, ttl_s, expires_at_s, completed_at, result) "
@@ -109,34 +111,21 @@ def _fill_dynamodb(lab: Lab, start: int, stop: int, deadline: float) -> int:
     return start + written
 
 
-def _dynamodb_put(lab: Lab, seconds: float) -> WrkResult:
-    """DynamoDB Local's own time for the claim's PutItem at this size: the store's share."""
-    return run_wrk(
-        lab,
-        lab.dynamodb.endpoint_url,
-        "dynamodb_claims",
-        connections=1,
-        duration_s=seconds,
-        namespace_prefix=NAMESPACE_PREFIX,
-        extra_args=(SCALE_TABLE,),
-    )
+def _latencies(lab: Lab, url: str, per_round_s: float, *, put_item: bool) -> dict[str, WrkResult]:
+    """Claims of fresh keys in one namespace and rotating over 1,000, taking turns.
 
-
-def _latencies(lab: Lab, url: str, seconds: float) -> dict[str, WrkResult]:
-    """Claims of fresh keys in one namespace, then rotating over 1,000 namespaces."""
-    run_wrk(lab, url, "claims", connections=1, duration_s=1)  # warm-up
-    return {
-        target: run_wrk(
-            lab,
-            url,
-            "claims",
-            connections=1,
-            duration_s=seconds,
-            namespace_prefix=NAMESPACE_PREFIX,
-            namespace_count=namespace_count,
-        )
+    With ``put_item``, DynamoDB Local's own time for the claim's PutItem takes its turn too:
+    the store's share at this size.
+    """
+    claims = {
+        target: WrkTarget(url, "claims", (), NAMESPACE_PREFIX, namespace_count)
         for target, namespace_count in (("1 namespace", 1), ("1,000 namespaces", NAMESPACES))
     }
+    if put_item:
+        claims[PUT_ITEM] = WrkTarget(
+            lab.dynamodb.endpoint_url, "dynamodb_claims", (SCALE_TABLE,), NAMESPACE_PREFIX
+        )
+    return run_wrk_in_turns(lab, claims, rounds=ROUNDS, seconds_per_round=per_round_s)
 
 
 def _rows_and_targets(
@@ -175,14 +164,17 @@ def _rows_and_targets(
 
 
 def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: float) -> Section:
+    per_round_s = max(1.0, seconds / ROUNDS)
     section = Section(
         title="Scale",
         method=(
             f"Stored records are completed ones spread over {NAMESPACES:,} namespaces. Each "
-            f"size is measured with wrk (1 connection, {seconds:g} s after a 1 s warm-up) "
-            "claiming fresh keys in one of those namespaces, then rotating over all "
-            f"{NAMESPACES:,}; 1-worker gateways. For DynamoDB, wrk also sends the claim's "
-            "PutItem straight to DynamoDB Local at each size, to show the store's own share."
+            "size is measured with wrk at 1 connection claiming fresh keys in one of those "
+            f"namespaces, and rotating over all {NAMESPACES:,}; 1-worker gateways. For "
+            "DynamoDB, wrk also sends the claim's PutItem straight to DynamoDB Local, to show "
+            "the store's own share. After a 1 s warm-up each, the targets at one size take "
+            f"turns for {ROUNDS} rounds of {per_round_s:g} s, and each p50 and "
+            "p99 is the median of its rounds'."
         ),
     )
     sqlite: dict[int, dict[str, WrkResult]] = {}
@@ -193,20 +185,18 @@ def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: floa
             f"SQLite: {records:,} records inserted in {time.monotonic() - started:.1f} s."
         )
         with lab.gateway(url) as gateway:
-            sqlite[records] = _latencies(lab, gateway.url, seconds)
+            sqlite[records] = _latencies(lab, gateway.url, per_round_s, put_item=False)
     sqlite_rows, sqlite_targets = _rows_and_targets("SQLite", small, large, sqlite)
 
     lab.create_gateway_table(SCALE_TABLE)
     dynamodb: dict[int, dict[str, WrkResult]] = {}
     with lab.gateway(lab.dynamodb_url(SCALE_TABLE)) as gateway:
         stored = _fill_dynamodb(lab, 0, small, deadline=float("inf"))
-        dynamodb[stored] = _latencies(lab, gateway.url, seconds)
-        dynamodb[stored]["PutItem straight to DynamoDB Local"] = _dynamodb_put(lab, seconds)
+        dynamodb[stored] = _latencies(lab, gateway.url, per_round_s, put_item=True)
         started = time.monotonic()
         reached = _fill_dynamodb(lab, small, large, deadline=started + fill_budget_s)
         elapsed = time.monotonic() - started
-        dynamodb[reached] = _latencies(lab, gateway.url, seconds)
-        dynamodb[reached]["PutItem straight to DynamoDB Local"] = _dynamodb_put(lab, seconds)
+        dynamodb[reached] = _latencies(lab, gateway.url, per_round_s, put_item=True)
     section.notes.append(
         f"DynamoDB Local: filled to {reached:,} of the {large:,} records asked for within "
         f"a {fill_budget_s:g} s budget ({(reached - small) / elapsed:,.0f} items/s with "
