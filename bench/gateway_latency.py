@@ -179,6 +179,6 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
             f"*{CLAIM_FLOOR}*: `bench/_floor.py`'s `claiming_app`, the same but making each "
             "claim through the gateway's own `RecordService` and DynamoDB client first. It adds "
             f"{ms(claim_floor_added)} ms; the gateway adds {ms(added_p50 - claim_floor_added)} ms "
-            "more for FastAPI, validation, metrics and the access log.",
+            "more for what it runs around the claim.",
         ],
     )
