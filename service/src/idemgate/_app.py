@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(records.router)
+    app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
     app.include_router(health.router)
     install_problem_handlers(app)
     app.add_middleware(records.RecordsLane)  # inside the request context: added first
