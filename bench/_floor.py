@@ -25,16 +25,20 @@ _HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % 
 _records: list[RecordService] = []  # set by the lifespan
 
 
-async def _answer(receive: Any, send: Any) -> None:
+async def _read_body(receive: Any) -> None:
     while (await receive()).get("more_body"):
         pass
+
+
+async def _answer(send: Any) -> None:
     await send({"type": "http.response.start", "status": 201, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": _ANSWER})
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
-        await _answer(receive, send)
+        await _read_body(receive)
+        await _answer(send)
 
 
 async def claiming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -43,8 +47,9 @@ async def claiming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif scope["type"] == "http":
         # /v1/records/{namespace}/{key}/claim, as wrk's claims.lua posts it
         namespace, key = scope["path"].split("/")[3:5]
+        await _read_body(receive)
         await _records[0].claim(namespace, key, fingerprint=None, lease_ms=60_000, ttl_s=86_400)
-        await _answer(receive, send)
+        await _answer(send)
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

@@ -80,7 +80,7 @@ class Lab:
 
     @contextlib.contextmanager
     def floor_server(self, storage: str | None = None) -> Iterator[str]:
-        """A ``bench._floor`` app under uvicorn, configured as ``idemgate serve`` runs it; its URL.
+        """A ``bench._floor`` app under uvicorn with the gateway's loop and protocol; its URL.
 
         With ``storage``, the app that makes each claim on it; without, the fixed answer.
         """

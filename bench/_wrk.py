@@ -24,6 +24,10 @@ class WrkMissingError(RuntimeError):
     pass
 
 
+class WrkErrorsError(RuntimeError):
+    pass
+
+
 def require_wrk() -> str:
     path = shutil.which("wrk")
     if path is None:
@@ -116,19 +120,23 @@ class WrkTarget:
 
 
 def run_wrk_in_turns(
-    lab: Lab, targets: Mapping[str, WrkTarget], *, rounds: int, seconds_per_round: float
+    lab: Lab, targets: Mapping[str, WrkTarget], *, rounds: int, seconds_per_round: int
 ) -> dict[str, WrkResult]:
     """Each target at 1 connection in turn, ``rounds`` times over, after a 1 s warm-up each.
 
     Taking turns lets drift on the box (DynamoDB Local's JVM, the other processes) hit every
     target alike. Per target: the rounds' counts summed, and the median of their p50s and p99s.
+    A target that answered with errors fails the run: its latencies would time failures.
     """
     for target in targets.values():
         target.run(lab, 1)
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, target in targets.items():
-            runs[name].append(target.run(lab, seconds_per_round))
+            result = target.run(lab, seconds_per_round)
+            if result.errors:
+                raise WrkErrorsError(f"{name}: {result.errors} of {result.requests} failed")
+            runs[name].append(result)
     return {
         name: WrkResult(
             requests=sum(run.requests for run in results),

@@ -75,7 +75,7 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
     gateway_sqlite = "httpx → gateway (SQLite)"
     sqlite_url = f"sqlite:///{lab.sqlite_path('latency')}"
     dynamodb_url = lab.dynamodb_url(lab.gateway_table)
-    per_round_s = max(1.0, wrk_seconds / WRK_ROUNDS)
+    per_round_s = max(1, round(wrk_seconds / WRK_ROUNDS))  # wrk counts whole seconds
     with (
         lab.gateway(dynamodb_url) as on_dynamodb,
         lab.gateway(sqlite_url) as on_sqlite,

@@ -111,19 +111,24 @@ def _fill_dynamodb(lab: Lab, start: int, stop: int, deadline: float) -> int:
     return start + written
 
 
-def _latencies(lab: Lab, url: str, per_round_s: float, *, put_item: bool) -> dict[str, WrkResult]:
+def _latencies(lab: Lab, url: str, per_round_s: int, *, put_item: bool) -> dict[str, WrkResult]:
     """Claims of fresh keys in one namespace and rotating over 1,000, taking turns.
 
     With ``put_item``, DynamoDB Local's own time for the claim's PutItem takes its turn too:
     the store's share at this size.
     """
     claims = {
-        target: WrkTarget(url, "claims", (), NAMESPACE_PREFIX, namespace_count)
+        target: WrkTarget(
+            url, "claims", namespace_prefix=NAMESPACE_PREFIX, namespace_count=namespace_count
+        )
         for target, namespace_count in (("1 namespace", 1), ("1,000 namespaces", NAMESPACES))
     }
     if put_item:
         claims[PUT_ITEM] = WrkTarget(
-            lab.dynamodb.endpoint_url, "dynamodb_claims", (SCALE_TABLE,), NAMESPACE_PREFIX
+            lab.dynamodb.endpoint_url,
+            "dynamodb_claims",
+            (SCALE_TABLE,),
+            namespace_prefix=NAMESPACE_PREFIX,
         )
     return run_wrk_in_turns(lab, claims, rounds=ROUNDS, seconds_per_round=per_round_s)
 
@@ -164,7 +169,7 @@ def _rows_and_targets(
 
 
 def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: float) -> Section:
-    per_round_s = max(1.0, seconds / ROUNDS)
+    per_round_s = max(1, round(seconds / ROUNDS))  # wrk counts whole seconds
     section = Section(
         title="Scale",
         method=(

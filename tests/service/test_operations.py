@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import subprocess
@@ -69,16 +70,16 @@ def test_an_idle_client_connection_stays_open_for_keep_alive_s(tmp_path: Path) -
     env = {"IDEMGATE_KEEP_ALIVE_S": "1"}
     with GatewayServer(storage=f"sqlite:///{tmp_path}/records.db", env=env) as gateway:
         connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
-        connection.request("GET", "/healthz")
-        assert connection.getresponse().read()
-        assert connection.sock is not None
-        idle: socket.socket = connection.sock
-        idle.settimeout(0.3)
-        with pytest.raises(TimeoutError):
-            idle.recv(1)  # nothing to read, and not closed
-        idle.settimeout(3)  # uvicorn's own default would keep it open for 5 s
-        assert idle.recv(1) == b""  # the gateway closed it, a second after its answer
-        connection.close()
+        with contextlib.closing(connection):
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().read()
+            assert connection.sock is not None
+            idle: socket.socket = connection.sock
+            idle.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                idle.recv(1)  # nothing to read, and not closed
+            idle.settimeout(3)  # uvicorn's own default would keep it open for 5 s
+            assert idle.recv(1) == b""  # the gateway closed it, a second after its answer
 
 
 @pytest.mark.parametrize(
