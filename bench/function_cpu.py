@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from aws_lambda_powertools.utilities import idempotency as powertools
@@ -86,33 +87,17 @@ def _create_powertools_table(lab: Lab) -> None:
     )
 
 
-def _powertools_handler(lab: Lab, *, use_local_cache: bool, cache_items: int) -> Handler:
-    store = powertools.DynamoDBPersistenceLayer(
-        table_name=POWERTOOLS_TABLE, boto3_client=lab.boto3_client()
-    )
-    config = powertools.IdempotencyConfig(
+def _decorated(
+    library: ModuleType, store: Any, *, use_local_cache: bool, cache_items: int
+) -> Handler:
+    """``_business_logic`` under ``library``'s ``@idempotent``: one configuration for both."""
+    config = library.IdempotencyConfig(
         event_key_jmespath="order_id",
         expires_after_seconds=86_400,
         use_local_cache=use_local_cache,
         local_cache_max_items=cache_items,
     )
-    handler: Handler = powertools.idempotent(config=config, persistence_store=store)(
-        _business_logic
-    )
-    return handler
-
-
-def _adapter_handler(gateway_url: str, *, use_local_cache: bool, cache_items: int) -> Handler:
-    store = lambda_adapter.GatewayPersistenceLayer(url=gateway_url, namespace="bench-cpu")
-    config = lambda_adapter.IdempotencyConfig(
-        event_key_jmespath="order_id",
-        expires_after_seconds=86_400,
-        use_local_cache=use_local_cache,
-        local_cache_max_items=cache_items,
-    )
-    handler: Handler = lambda_adapter.idempotent(config=config, persistence_store=store)(
-        _business_logic
-    )
+    handler: Handler = library.idempotent(config=config, persistence_store=store)(_business_logic)
     return handler
 
 
@@ -153,13 +138,21 @@ def run(lab: Lab, *, invocations: int, warmup: int) -> Section:
         # Room for every event, so each cached replay is a hit (both default to 256 items).
         cache_items = invocations + warmup
         for path, (cached, replay, goal, target_name) in paths.items():
+            stores = {
+                "idemgate adapter": (
+                    lambda_adapter,
+                    lambda_adapter.GatewayPersistenceLayer(url=gateway.url, namespace="bench-cpu"),
+                ),
+                "Powertools": (
+                    powertools,
+                    powertools.DynamoDBPersistenceLayer(
+                        table_name=POWERTOOLS_TABLE, boto3_client=lab.boto3_client()
+                    ),
+                ),
+            }
             handlers = {
-                "idemgate adapter": _adapter_handler(
-                    gateway.url, use_local_cache=cached, cache_items=cache_items
-                ),
-                "Powertools": _powertools_handler(
-                    lab, use_local_cache=cached, cache_items=cache_items
-                ),
+                name: _decorated(library, store, use_local_cache=cached, cache_items=cache_items)
+                for name, (library, store) in stores.items()
             }
             samples = _measure_path(handlers, invocations=invocations, warmup=warmup, replay=replay)
             adapter_cpu = summarize(samples["idemgate adapter"].cpu)
