@@ -14,9 +14,17 @@ from pathlib import Path
 
 from bench._lab import Lab
 
-__all__ = ["WrkResult", "WrkTarget", "require_wrk", "run_wrk", "run_wrk_in_turns"]
+__all__ = [
+    "WrkResult",
+    "WrkTarget",
+    "in_turns_method",
+    "require_wrk",
+    "run_wrk",
+    "run_wrk_in_turns",
+]
 
 LUA_DIR = Path(__file__).parent / "lua"
+ROUNDS = 4  # runs per target when targets take turns
 _MARK = "BENCH_JSON "
 
 
@@ -119,10 +127,22 @@ class WrkTarget:
         )
 
 
+def _round_s(seconds: float) -> int:
+    return max(1, round(seconds / ROUNDS))  # wrk runs for whole seconds
+
+
+def in_turns_method(seconds: float) -> str:
+    """How ``run_wrk_in_turns`` measured, for a section's method."""
+    return (
+        f"After a 1 s warm-up each, the targets take turns for {ROUNDS} rounds of "
+        f"{_round_s(seconds)} s, and each p50 and p99 is the median of its rounds'."
+    )
+
+
 def run_wrk_in_turns(
-    lab: Lab, targets: Mapping[str, WrkTarget], *, rounds: int, seconds_per_round: int
+    lab: Lab, targets: Mapping[str, WrkTarget], *, seconds: float
 ) -> dict[str, WrkResult]:
-    """Each target at 1 connection in turn, ``rounds`` times over, after a 1 s warm-up each.
+    """Each target at 1 connection for about ``seconds`` in all, in turns, after a warm-up.
 
     Taking turns lets drift on the box (DynamoDB Local's JVM, the other processes) hit every
     target alike. Per target: the rounds' counts summed, and the median of their p50s and p99s.
@@ -131,9 +151,9 @@ def run_wrk_in_turns(
     for target in targets.values():
         target.run(lab, 1)
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
-    for _ in range(rounds):
+    for _ in range(ROUNDS):
         for name, target in targets.items():
-            result = target.run(lab, seconds_per_round)
+            result = target.run(lab, _round_s(seconds))
             if result.errors:
                 raise WrkErrorsError(f"{name}: {result.errors} of {result.requests} failed")
             runs[name].append(result)

@@ -16,7 +16,7 @@ import httpx
 
 from bench._lab import Lab, raw_claim
 from bench._stats import Summary, ms, ratio_text, summarize
-from bench._wrk import WrkTarget, run_wrk_in_turns
+from bench._wrk import WrkTarget, in_turns_method, run_wrk_in_turns
 from bench.report import Section, Table, Target
 
 __all__ = ["run"]
@@ -26,7 +26,6 @@ CLAIM_FLOOR = "uvicorn + the claim (DynamoDB), no framework"
 GATEWAY = "gateway (DynamoDB)"
 DATABASE = "DynamoDB Local PutItem"
 BLOCK = 100  # calls per turn; the clients take turns so drift hits all alike
-WRK_ROUNDS = 4  # likewise for wrk: the targets take turns, this many rounds each
 CLAIM_BODY = b'{"fingerprint":null,"lease_ms":60000,"ttl_s":86400}'
 
 
@@ -75,7 +74,6 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
     gateway_sqlite = "httpx → gateway (SQLite)"
     sqlite_url = f"sqlite:///{lab.sqlite_path('latency')}"
     dynamodb_url = lab.dynamodb_url(lab.gateway_table)
-    per_round_s = max(1, round(wrk_seconds / WRK_ROUNDS))  # wrk counts whole seconds
     with (
         lab.gateway(dynamodb_url) as on_dynamodb,
         lab.gateway(sqlite_url) as on_sqlite,
@@ -99,8 +97,7 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
                     lab.dynamodb.endpoint_url, "dynamodb_claims", (lab.gateway_table,)
                 ),
             },
-            rounds=WRK_ROUNDS,
-            seconds_per_round=per_round_s,
+            seconds=wrk_seconds,
         )
 
     boto3_p50 = python["boto3 PutItem → DynamoDB Local"].median
@@ -135,9 +132,7 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
             f"taking turns in blocks of {BLOCK}; one `httpx.Client` to 1-worker gateways, and "
             "boto3 making the gateway's own conditional PutItem (same table, same item, same "
             "condition). wrk: 1 connection posting claims of fresh keys (DynamoDB Local gets "
-            "the same PutItem as raw JSON); after a 1 s warm-up each, the targets take turns "
-            f"for {WRK_ROUNDS} rounds of {per_round_s:g} s, and each p50 and p99 is the median "
-            "of its rounds'."
+            "the same PutItem as raw JSON). " + in_turns_method(wrk_seconds)
         ),
         tables=[
             Table(

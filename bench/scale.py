@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from bench._lab import TTL_S, Lab, claim_item
 from bench._stats import ms, ratio_text
-from bench._wrk import WrkResult, WrkTarget, run_wrk_in_turns
+from bench._wrk import WrkResult, WrkTarget, in_turns_method, run_wrk_in_turns
 from bench.report import Section, Table, Target
 from idemgate._storage import DynamoDBLocation, parse_storage_url
 from idemgate._storage._dynamodb import DynamoDBClient
@@ -28,7 +28,6 @@ SCALE_TABLE = "idemgate-scale"
 BATCH = 25  # BatchWriteItem's limit
 FILLERS = 4  # concurrent BatchWriteItem calls: DynamoDB Local was fastest at 4
 GOAL = 1.2
-ROUNDS = 4  # the targets at one size take turns, this many rounds each
 PUT_ITEM = "PutItem straight to DynamoDB Local"
 _INSERT = (
     "INSERT INTO records (namespace, key, status, fingerprint, attempt, lease_token, "
@@ -111,7 +110,7 @@ def _fill_dynamodb(lab: Lab, start: int, stop: int, deadline: float) -> int:
     return start + written
 
 
-def _latencies(lab: Lab, url: str, per_round_s: int, *, put_item: bool) -> dict[str, WrkResult]:
+def _latencies(lab: Lab, url: str, seconds: float, *, put_item: bool) -> dict[str, WrkResult]:
     """Claims of fresh keys in one namespace and rotating over 1,000, taking turns.
 
     With ``put_item``, DynamoDB Local's own time for the claim's PutItem takes its turn too:
@@ -130,7 +129,7 @@ def _latencies(lab: Lab, url: str, per_round_s: int, *, put_item: bool) -> dict[
             (SCALE_TABLE,),
             namespace_prefix=NAMESPACE_PREFIX,
         )
-    return run_wrk_in_turns(lab, claims, rounds=ROUNDS, seconds_per_round=per_round_s)
+    return run_wrk_in_turns(lab, claims, seconds=seconds)
 
 
 def _rows_and_targets(
@@ -169,7 +168,6 @@ def _rows_and_targets(
 
 
 def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: float) -> Section:
-    per_round_s = max(1, round(seconds / ROUNDS))  # wrk counts whole seconds
     section = Section(
         title="Scale",
         method=(
@@ -177,9 +175,7 @@ def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: floa
             "size is measured with wrk at 1 connection claiming fresh keys in one of those "
             f"namespaces, and rotating over all {NAMESPACES:,}; 1-worker gateways. For "
             "DynamoDB, wrk also sends the claim's PutItem straight to DynamoDB Local, to show "
-            "the store's own share. After a 1 s warm-up each, the targets at one size take "
-            f"turns for {ROUNDS} rounds of {per_round_s:g} s, and each p50 and "
-            "p99 is the median of its rounds'."
+            "the store's own share. " + in_turns_method(seconds)
         ),
     )
     sqlite: dict[int, dict[str, WrkResult]] = {}
@@ -190,18 +186,18 @@ def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: floa
             f"SQLite: {records:,} records inserted in {time.monotonic() - started:.1f} s."
         )
         with lab.gateway(url) as gateway:
-            sqlite[records] = _latencies(lab, gateway.url, per_round_s, put_item=False)
+            sqlite[records] = _latencies(lab, gateway.url, seconds, put_item=False)
     sqlite_rows, sqlite_targets = _rows_and_targets("SQLite", small, large, sqlite)
 
     lab.create_gateway_table(SCALE_TABLE)
     dynamodb: dict[int, dict[str, WrkResult]] = {}
     with lab.gateway(lab.dynamodb_url(SCALE_TABLE)) as gateway:
         stored = _fill_dynamodb(lab, 0, small, deadline=float("inf"))
-        dynamodb[stored] = _latencies(lab, gateway.url, per_round_s, put_item=True)
+        dynamodb[stored] = _latencies(lab, gateway.url, seconds, put_item=True)
         started = time.monotonic()
         reached = _fill_dynamodb(lab, small, large, deadline=started + fill_budget_s)
         elapsed = time.monotonic() - started
-        dynamodb[reached] = _latencies(lab, gateway.url, per_round_s, put_item=True)
+        dynamodb[reached] = _latencies(lab, gateway.url, seconds, put_item=True)
     section.notes.append(
         f"DynamoDB Local: filled to {reached:,} of the {large:,} records asked for within "
         f"a {fill_budget_s:g} s budget ({(reached - small) / elapsed:,.0f} items/s with "
