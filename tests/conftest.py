@@ -6,14 +6,20 @@ what to install.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from idemgate.testing import DynamoDBLocal, DynamoDBLocalMissingError, GatewayServer
+from idemgate.testing import DynamoDBLocal, DynamoDBLocalMissingError, GatewayServer, free_port
 
 # DynamoDB Local accepts any credentials; the gateways started here inherit these.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
@@ -67,3 +73,117 @@ def gateway(storage_url: str) -> Iterator[GatewayServer]:
 def namespace() -> str:
     """A namespace of its own for each test, so tests sharing a gateway never collide."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+class MotoServer:
+    """moto's server mode on loopback: AWS APIs (IAM, STS, SQS, DynamoDB, ...) in one process.
+
+    DynamoDB Local accepts any signature; this server checks SigV4 once ``start`` has created an
+    administrator and turned authentication on. ``temporary_credentials`` then hands out STS
+    ``AssumeRole`` credentials (with a session token) for a role allowed only ``actions``::
+
+        creds = moto_server.temporary_credentials("orders-fn", actions=["dynamodb:*"])
+        moto_server.client("dynamodb", **creds).list_tables()
+    """
+
+    REGION = "us-east-1"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.admin: dict[str, str] = {}
+        self.admin_arn = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        from idemgate.testing import _wait_for_port
+
+        command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1"]
+        self._process = subprocess.Popen(
+            [*command, "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_port(self.port, self._process, time.monotonic() + 60)
+        iam = self.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup")
+        self.admin_arn = iam.create_user(UserName="idemgate-test-admin")["User"]["Arn"]
+        iam.put_user_policy(
+            UserName="idemgate-test-admin",
+            PolicyName="everything",
+            PolicyDocument=json.dumps(_allow(["*"])),
+        )
+        key = iam.create_access_key(UserName="idemgate-test-admin")["AccessKey"]
+        self.admin = {
+            "aws_access_key_id": key["AccessKeyId"],
+            "aws_secret_access_key": key["SecretAccessKey"],
+        }
+        with urllib.request.urlopen(  # from now on every request must be signed
+            urllib.request.Request(
+                f"{self.endpoint_url}/moto-api/reset-auth",
+                data=b"0",
+                headers={"Content-Type": "text/plain"},
+            ),
+            timeout=10,
+        ) as answer:
+            assert answer.status == 200
+        return self
+
+    def client(self, service: str, **credentials: str) -> Any:
+        """A boto3 client of this server, with the administrator's credentials by default."""
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.REGION,
+            **(credentials or self.admin),
+        )
+
+    def temporary_credentials(self, role: str, *, actions: Sequence[str]) -> dict[str, str]:
+        """AssumeRole credentials for a role allowed ``actions``, as boto3 client arguments."""
+        iam = self.client("iam")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": self.admin_arn},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        iam.put_role_policy(
+            RoleName=role, PolicyName="allowed", PolicyDocument=json.dumps(_allow(actions))
+        )
+        assumed = self.client("sts").assume_role(
+            RoleArn=arn["Arn"], RoleSessionName=f"{role}-session"
+        )["Credentials"]
+        return {
+            "aws_access_key_id": assumed["AccessKeyId"],
+            "aws_secret_access_key": assumed["SecretAccessKey"],
+            "aws_session_token": assumed["SessionToken"],
+        }
+
+    def stop(self) -> None:
+        from idemgate.testing import _stop
+
+        if self._process is not None:
+            _stop(self._process)
+            self._process = None
+
+
+def _allow(actions: Sequence[str]) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": ["*"]}],
+    }
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server for the session, checking signatures (see ``MotoServer``)."""
+    server = MotoServer().start()
+    yield server
+    server.stop()
