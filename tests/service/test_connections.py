@@ -11,7 +11,7 @@ import pytest
 from idemgate._storage._connections import ConnectionPool, ExchangeError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-HEADERS = [("host", "db.test"), ("x-amz-target", "DynamoDB_20120810.GetItem")]
+HEADERS = {"host": "db.test", "x-amz-target": "DynamoDB_20120810.GetItem"}
 
 
 def answer(body: bytes, *extra: str) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -111,9 +112,9 @@ class ConnectionPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[_Connection] = []
 
-    async def post(self, headers: list[tuple[str, str]], body: bytes) -> Answer:
+    async def post(self, headers: Mapping[str, str], body: bytes) -> Answer:
         """POST ``body`` with ``headers`` (``host`` among them; ``content-length`` is added)."""
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         request = (
             f"POST {self._path} HTTP/1.1\r\n{head}content-length: {len(body)}\r\n\r\n"
         ).encode() + body

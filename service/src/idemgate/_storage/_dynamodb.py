@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
-import hmac
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +28,7 @@ from idemgate._exceptions import ConfigurationError, PayloadTooLargeError, Stora
 from idemgate._storage import DynamoDBLocation
 from idemgate._storage._base import Record, Status, Storage
 from idemgate._storage._connections import ConnectionPool, ExchangeError
+from idemgate._storage._sigv4 import Credentials, SigV4Signer
 
 __all__ = [
     "PARTITION_KEY",
@@ -148,10 +147,6 @@ def _names(*expressions: str) -> dict[str, str]:
     return {placeholder: name for placeholder, name in _NAMES.items() if placeholder in text}
 
 
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
-
-
 class DynamoDBClient:
     """DynamoDB's JSON API over one pooled async HTTP client, signed with SigV4.
 
@@ -174,59 +169,23 @@ class DynamoDBClient:
         self.region = region
         self.endpoint = location.endpoint_url or f"https://dynamodb.{region}.amazonaws.com"
         self._credentials = session.get_credentials()
-        self._scope_suffix = f"/{region}/dynamodb/aws4_request"
-        self._signing_keys: dict[tuple[str, str], bytes] = {}
+        self._signer = SigV4Signer(region=region, service="dynamodb")
         self._max_attempts = max_attempts
         self._pool = ConnectionPool(self.endpoint, size=pool_size, timeout_s=timeout_ms / 1000)
 
-    def _signing_key(self, secret_key: str, date: str) -> bytes:
-        cached = self._signing_keys.get((secret_key, date))
-        if cached is None:
-            cached = _hmac(
-                _hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), date), self.region), "dynamodb"),
-                "aws4_request",
-            )
-            self._signing_keys = {(secret_key, date): cached}
-        return cached
-
-    def _signed_headers(self, target: str, body: bytes) -> list[tuple[str, str]]:
-        credentials = self._credentials and self._credentials.get_frozen_credentials()
-        if not (credentials and credentials.access_key and credentials.secret_key):
+    def _signed_headers(self, target: str, body: bytes) -> dict[str, str]:
+        frozen = self._credentials and self._credentials.get_frozen_credentials()
+        if not (frozen and frozen.access_key and frozen.secret_key):
             raise StorageUnavailableError("no AWS credentials found for DynamoDB")
-        now = datetime.datetime.now(datetime.UTC)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-        date = amz_date[:8]
+        credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
         headers = {
             "content-type": _CONTENT_TYPE,
             "host": self._pool.authority,
-            "x-amz-date": amz_date,
             "x-amz-target": target,
         }
-        if credentials.token:
-            headers["x-amz-security-token"] = credentials.token
-        signed = ";".join(headers)  # already in sorted order
-        canonical = "\n".join(
-            (
-                "POST",
-                "/",
-                "",
-                "".join(f"{name}:{value}\n" for name, value in headers.items()),
-                signed,
-                hashlib.sha256(body).hexdigest(),
-            )
-        )
-        scope = f"{date}{self._scope_suffix}"
-        to_sign = "\n".join(
-            ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
-        )
-        signature = hmac.new(
-            self._signing_key(credentials.secret_key, date), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
-            f"SignedHeaders={signed}, Signature={signature}"
-        )
-        return list(headers.items())
+        amz_date = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self._signer.sign("POST", "/", headers, body, credentials=credentials, amz_date=amz_date)
+        return headers
 
     async def call(self, operation: str, **request: Any) -> dict[str, Any]:
         """One API call on the table, and its answer.
