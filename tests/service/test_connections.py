@@ -118,6 +118,74 @@ def test_connection_the_server_closed_while_idle_is_replaced() -> None:
     asyncio.run(scenario())
 
 
+def test_request_crossing_a_far_side_close_is_sent_again_on_a_fresh_connection() -> None:
+    """The far side closes a kept-alive connection just as a request goes out on it."""
+
+    async def answer_then_hang_up_on_the_next(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        _, body = await read_request(reader)
+        writer.write(answer(body))
+        await writer.drain()
+        await read_request(reader)  # the next request arrives, and the connection is dropped
+
+    async def scenario() -> None:
+        async with Server(answer_then_hang_up_on_the_next) as server:
+            pool = ConnectionPool(server.url, size=1)
+            await pool.post(HEADERS, b"[1]")
+            assert (await pool.post(HEADERS, b"[2]")).body == b"[2]"
+            await pool.close()
+            assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+def test_request_cut_off_mid_answer_is_not_sent_again() -> None:
+    """Part of an answer came back, so the far side had the request: the caller decides."""
+
+    async def answer_then_cut_the_next(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        _, body = await read_request(reader)
+        writer.write(answer(body))
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Server(answer_then_cut_the_next) as server:
+            pool = ConnectionPool(server.url, size=1)
+            await pool.post(HEADERS, b"[1]")
+            with pytest.raises(ExchangeError):
+                await pool.post(HEADERS, b"[2]")
+            assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
+def test_connection_idle_too_long_is_closed_not_reused() -> None:
+    closed = asyncio.Event()
+
+    async def echo_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                _, body = await read_request(reader)
+                writer.write(answer(body))
+        finally:
+            closed.set()
+
+    async def scenario() -> None:
+        async with Server(echo_until_closed) as server:
+            pool = ConnectionPool(server.url, size=1, idle_timeout_s=0)
+            await pool.post(HEADERS, b"[1]")
+            await pool.post(HEADERS, b"[2]")
+            await asyncio.wait_for(closed.wait(), 5)  # the first one, closed by the pool
+            await pool.close()
+            assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
 def test_chunked_answer_is_joined() -> None:
     async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

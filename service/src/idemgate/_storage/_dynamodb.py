@@ -276,7 +276,8 @@ def _parse(response: Answer) -> tuple[dict[str, Any] | None, str, str]:
         raise ConditionFailedError(answer.get("Item"))
     if error == "ValidationException" and "size" in message:
         raise PayloadTooLargeError(f"DynamoDB refused the item: {message}")
-    return None, error, f"HTTP {response.status} {error}: {message}{request_id}"
+    described = f" {error}: {message}" if error else ""
+    return None, error, f"HTTP {response.status}{described}{request_id}"
 
 
 class DynamoDBStorage(Storage):
