@@ -1,5 +1,7 @@
 """A scripted DynamoDB endpoint on loopback, for what DynamoDB Local cannot show.
 
+With ``tls`` it serves HTTPS (as ``https://localhost:PORT``), for trust and proxy tests.
+
 ``FakeDynamoDB`` serves HTTP/1.1 from an event loop in a thread of its own, so a test can
 point a gateway subprocess or an in-process client at it. Each request takes the next reply
 from the script (``script(...)``), or ``default`` once the script is empty, and is kept in
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
 import struct
 import threading
 import zlib
@@ -81,8 +84,9 @@ class Seen:
 class FakeDynamoDB:
     """See the module docstring; a context manager, listening on 127.0.0.1."""
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, *, tls: ssl.SSLContext | None = None) -> None:
         self.default: Reply = default if default is not None else Answer()
+        self._tls = tls
         self.requests: list[Seen] = []
         self.connections = 0
         self._script: deque[Reply] = deque()
@@ -110,10 +114,11 @@ class FakeDynamoDB:
     def __enter__(self) -> FakeDynamoDB:
         self._thread.start()
         server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop
+            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._tls), self._loop
         ).result()
         self._server = server
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        port = server.sockets[0].getsockname()[1]
+        self.url = f"https://localhost:{port}" if self._tls else f"http://127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -35,6 +35,7 @@ class ExchangeError(Exception):
 
 
 DEFAULT_IDLE_TIMEOUT_S = 50.0
+_MAX_PROXY_HEAD_BYTES = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,21 +143,42 @@ class _Proxy:
     async def tunnel(self, host: str, port: int) -> asyncio.Transport:
         """A connection to ``host:port`` through the proxy, ready for TLS."""
         target = f"{host}:{port}"
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        loop = asyncio.get_running_loop()
+        transport, reply = await loop.create_connection(_TunnelReply, self.host, self.port)
         try:
-            writer.write(
+            transport.write(
                 f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{self.authorization}\r\n".encode()
             )
-            head = await reader.readuntil(b"\r\n\r\n")
+            status_line = await reply.status_line
         except BaseException:
-            writer.close()
+            transport.close()
             raise
-        status_line = head.split(b"\r\n", 1)[0]
         if not (status_line.startswith(b"HTTP/1.") and status_line[9:12] == b"200"):
-            writer.close()
+            transport.close()
             line = status_line.decode("latin-1")
             raise ExchangeError(f"the proxy refused a tunnel to {target}: {line}")
-        return cast("asyncio.Transport", writer.transport)
+        return transport
+
+
+class _TunnelReply(asyncio.Protocol):
+    """Reads a proxy's answer to ``CONNECT``: its status line, once the whole head arrived."""
+
+    def __init__(self) -> None:
+        self.status_line: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" in self._head and not self.status_line.done():
+            self.status_line.set_result(self._head.split(b"\r\n", 1)[0])
+        elif len(self._head) > _MAX_PROXY_HEAD_BYTES and not self.status_line.done():
+            self.status_line.set_exception(ExchangeError("the proxy's answer is too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.status_line.done():
+            self.status_line.set_exception(
+                ExchangeError(f"the proxy closed the connection: {exc or 'without an answer'}")
+            )
 
 
 class ConnectionPool:

@@ -48,26 +48,26 @@ class _Resolved(Exception):  # botocore's answer, carried out of its call
 def _endpoint_botocore_would_call(session: botocore.session.Session, region: str) -> str:
     import botocore.exceptions
 
-    client: Any = session.create_client(
-        "dynamodb",
-        region_name=region,
-        aws_access_key_id="unused",
-        aws_secret_access_key="unused",
-    )
-
     def resolved(request: Any, **_: Any) -> None:
         raise _Resolved(request.url)
 
-    client.meta.events.register("before-send.dynamodb.DescribeTable", resolved)
     try:
-        client.describe_table(TableName="any")
+        client: Any = session.create_client(
+            "dynamodb",
+            region_name=region,
+            aws_access_key_id="unused",
+            aws_secret_access_key="unused",
+        )
+        client.meta.events.register("before-send.dynamodb.DescribeTable", resolved)
+        try:
+            client.describe_table(TableName="any")
+        finally:
+            client.close()
     except _Resolved as answer:
         url = urlsplit(answer.url)
         return f"{url.scheme}://{url.netloc}"
-    except botocore.exceptions.BotoCoreError as exc:
+    except (botocore.exceptions.BotoCoreError, ValueError) as exc:
         raise ConfigurationError(f"no DynamoDB endpoint for region {region!r}: {exc}") from exc
-    finally:
-        client.close()
     raise ConfigurationError(f"no DynamoDB endpoint for region {region!r}")
 
 
