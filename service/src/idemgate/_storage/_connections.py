@@ -216,7 +216,7 @@ class ConnectionPool:
 
     async def post(self, headers: Mapping[str, str], body: bytes) -> Answer:
         """POST ``body`` with ``headers`` (``host`` among them; ``content-length`` is added)."""
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        head = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         request = (
             f"POST {self._path} HTTP/1.1\r\n{head}content-length: {len(body)}\r\n\r\n"
         ).encode() + body

@@ -72,16 +72,17 @@ class SigV4Signer:
         headers["x-amz-date"] = amz_date
         if credentials.token:
             headers["x-amz-security-token"] = credentials.token
+        # List comprehensions, not generators: one call each instead of one per header.
         canonical = sorted(
-            (name.lower(), " ".join(value.split())) for name, value in headers.items()
+            [(name.lower(), " ".join(value.split())) for name, value in headers.items()]
         )
-        signed_headers = ";".join(name for name, _ in canonical)
+        signed_headers = ";".join([name for name, _ in canonical])
         canonical_request = "\n".join(
             (
                 method,
                 path,
                 "",
-                "".join(f"{name}:{value}\n" for name, value in canonical),
+                "".join([f"{name}:{value}\n" for name, value in canonical]),
                 signed_headers,
                 hashlib.sha256(body).hexdigest(),
             )
