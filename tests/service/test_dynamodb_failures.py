@@ -16,7 +16,7 @@ import pytest
 
 from idemgate.testing import GatewayServer
 
-from .fake_dynamodb import RESET, SILENT, Answer, FakeDynamoDB, Reply, dynamodb_error
+from .fake_dynamodb import HANG_UP, RESET, SILENT, Answer, FakeDynamoDB, Reply, dynamodb_error
 
 TIMEOUT_MS = 1000
 ATTEMPTS = 3
@@ -150,3 +150,19 @@ def test_a_claim_survives_throttling(client: httpx.Client, fake: FakeDynamoDB) -
     claim = client.post("/v1/records/failures/claimed/claim", json={})
     assert claim.status_code == 201, claim.text
     assert [seen.operation for seen in fake.requests] == ["PutItem", "PutItem"]
+
+
+def test_a_kept_alive_connection_closed_by_the_far_side_is_replaced_at_once(
+    client: httpx.Client, fake: FakeDynamoDB
+) -> None:
+    """The far side drops the idle connection as the next request arrives on it."""
+    assert timed_get(client)[0].status_code == 404
+    fake.script(*[HANG_UP] * (ATTEMPTS + 1))  # the kept connection, then fresh ones
+    response, elapsed = timed_get(client)
+    assert_unavailable(response, "closed")
+    kept, *fresh = fake.requests[1:]
+    assert kept.connection == fake.requests[0].connection
+    assert all(seen.connection != kept.connection for seen in fresh)
+    # one resend on a fresh connection that is not an attempt, then ATTEMPTS - 1 more attempts
+    assert len(fresh) == ATTEMPTS
+    assert elapsed < TIMEOUT_MS / 1000 + SLACK_S

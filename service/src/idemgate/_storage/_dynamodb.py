@@ -10,8 +10,9 @@ DynamoDB is spoken to directly, over its JSON protocol with SigV4 signatures, fr
 keep-alive connections (``_connections``): botocore would spend about 2 ms of CPU per call
 building, signing and parsing a few hundred bytes of JSON, and would hold a thread while it
 waits.
-botocore still supplies the credentials, so every source of its chain (environment, profiles,
-container and instance roles, web identity) works, refreshed as they expire.
+botocore still decides what it knows best: the credentials, from every source of its chain,
+fetched and refreshed in a worker thread (``_credentials``), and the endpoint, from its
+endpoint rules (``_endpoints``). Signing is ``_sigv4``; what is retried is ``_retries``.
 """
 
 from __future__ import annotations
@@ -259,17 +260,18 @@ def _parse(response: Answer) -> tuple[dict[str, Any] | None, str, str]:
     An error name of ``""`` means an answer that is not DynamoDB's (damaged, cut, or from
     something in between), worth a retry like a 5xx.
     """
-    request_id = f" (x-amzn-RequestId: {response.request_id})" if response.request_id else ""
-    if response.crc32 is not None and zlib.crc32(response.body) != response.crc32:
-        return None, "", f"HTTP {response.status}: the body does not match x-amz-crc32{request_id}"
+    intact = response.crc32 is None or zlib.crc32(response.body) == response.crc32
     try:
-        answer = orjson.loads(response.body or b"{}")
+        answer = orjson.loads(response.body or b"{}") if intact else None
     except orjson.JSONDecodeError:  # e.g. a proxy's HTML error page
         answer = None
+    if response.status == 200 and isinstance(answer, dict):
+        return answer, "", ""
+    request_id = f" (x-amzn-RequestId: {response.request_id})" if response.request_id else ""
+    if not intact:
+        return None, "", f"HTTP {response.status}: the body does not match x-amz-crc32{request_id}"
     if not isinstance(answer, dict):
         return None, "", f"HTTP {response.status}: not a DynamoDB answer{request_id}"
-    if response.status == 200:
-        return answer, "", ""
     error = str(answer.get("__type", "")).rpartition("#")[2]
     message = str(answer.get("message") or answer.get("Message") or "")
     if error == "ConditionalCheckFailedException":
