@@ -1,4 +1,5 @@
-"""Shared fixtures: real DynamoDB Local and real gateways on loopback, one per storage backend.
+"""Shared fixtures: real DynamoDB Local and real gateways on loopback, one per storage backend,
+and a moto server (``moto_server``) for what DynamoDB Local cannot check.
 
 The DynamoDB suite never skips: if DynamoDB Local or Java is missing, the session fails and says
 what to install.

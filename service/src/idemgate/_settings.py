@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     max_result_bytes: int = Field(default=262144, ge=1, le=DYNAMODB_ITEM_LIMIT_BYTES - 8192)
     storage_connections: int = Field(default=64, ge=1)
     storage_timeout_ms: int = Field(default=2000, ge=1)
-    storage_max_attempts: int = Field(default=2, ge=1)
+    storage_max_attempts: int = Field(default=3, ge=1)  # the AWS SDKs' standard mode
     sweep_interval_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

@@ -10,17 +10,16 @@ DynamoDB is spoken to directly, over its JSON protocol with SigV4 signatures, fr
 keep-alive connections (``_connections``): botocore would spend about 2 ms of CPU per call
 building, signing and parsing a few hundred bytes of JSON, and would hold a thread while it
 waits.
-botocore still supplies the credentials, so every source of its chain (environment, profiles,
-container and instance roles, web identity) works, refreshed as they expire.
+botocore still decides what it knows best: the credentials, from every source of its chain,
+fetched and refreshed in a worker thread (``_credentials``), and the endpoint, from its
+endpoint rules (``_endpoints``). Signing is ``_sigv4``; what is retried is ``_retries``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
-import hmac
-import random
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +28,11 @@ import orjson
 from idemgate._exceptions import ConfigurationError, PayloadTooLargeError, StorageUnavailableError
 from idemgate._storage import DynamoDBLocation
 from idemgate._storage._base import Record, Status, Storage
-from idemgate._storage._connections import ConnectionPool, ExchangeError
+from idemgate._storage._connections import Answer, ConnectionPool, ExchangeError
+from idemgate._storage._credentials import CredentialSource
+from idemgate._storage._endpoints import resolve_route
+from idemgate._storage._retries import CREDENTIALS_REFUSED, RetryQuota, backoff_s, retryable
+from idemgate._storage._sigv4 import Credentials, SigV4Signer
 
 __all__ = [
     "PARTITION_KEY",
@@ -45,19 +48,6 @@ TTL_ATTRIBUTE = "expires_at"
 _SEPARATOR = "#"
 _API_VERSION = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
-_RETRYABLE_ERRORS = frozenset(
-    {
-        "InternalServerError",
-        "LimitExceededException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "ServiceUnavailable",
-        "ThrottlingException",
-        "TransactionConflictException",
-    }
-)
-_BACKOFF_BASE_S = 0.025
-_BACKOFF_CAP_S = 1.0
 
 # Every attribute goes through a placeholder: several of their names are DynamoDB reserved words.
 _NAMES = {
@@ -123,20 +113,26 @@ def _item(record: Record) -> dict[str, Any]:
 
 
 def _record(item: Mapping[str, Any]) -> Record:
-    namespace, _, key = item[PARTITION_KEY]["S"].partition(_SEPARATOR)
-    return Record(
-        namespace=namespace,
-        key=key,
-        status=Status(item["status"]["S"]),
-        fingerprint=item["fingerprint"]["S"] if "fingerprint" in item else None,
-        attempt=int(item["attempt"]["N"]),
-        lease_token=item["lease_token"]["S"],
-        lease_expires_at=int(item["lease_expires_at"]["N"]),
-        ttl_s=int(item["ttl_s"]["N"]),
-        expires_at_s=int(item[TTL_ATTRIBUTE]["N"]),
-        completed_at=int(item["completed_at"]["N"]) if "completed_at" in item else None,
-        result=item["result"]["S"] if "result" in item else None,
-    )
+    """The record an item holds; ``StorageUnavailableError`` for an item it cannot be."""
+    try:
+        namespace, _, key = item[PARTITION_KEY]["S"].partition(_SEPARATOR)
+        return Record(
+            namespace=namespace,
+            key=key,
+            status=Status(item["status"]["S"]),
+            fingerprint=item["fingerprint"]["S"] if "fingerprint" in item else None,
+            attempt=int(item["attempt"]["N"]),
+            lease_token=item["lease_token"]["S"],
+            lease_expires_at=int(item["lease_expires_at"]["N"]),
+            ttl_s=int(item["ttl_s"]["N"]),
+            expires_at_s=int(item[TTL_ATTRIBUTE]["N"]),
+            completed_at=int(item["completed_at"]["N"]) if "completed_at" in item else None,
+            result=item["result"]["S"] if "result" in item else None,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StorageUnavailableError(
+            f"DynamoDB answered an item that is not a record: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _held_by(token: str) -> dict[str, Any]:
@@ -149,15 +145,14 @@ def _names(*expressions: str) -> dict[str, str]:
     return {placeholder: name for placeholder, name in _NAMES.items() if placeholder in text}
 
 
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
-
-
 class DynamoDBClient:
-    """DynamoDB's JSON API over one pooled async HTTP client, signed with SigV4.
+    """DynamoDB's JSON API over one pool of keep-alive connections, signed with SigV4.
 
-    Throttling, server errors and network failures are retried ``max_attempts`` times in all,
-    with full-jitter backoff; whatever still fails becomes ``StorageUnavailableError``.
+    A call has ``timeout_ms`` in all. Within it, what the AWS SDKs' standard mode retries
+    (``_retries``) is retried up to ``max_attempts`` attempts in all, after a full-jitter
+    backoff; credentials DynamoDB calls expired or unknown are refreshed once and the call
+    tried once more. Whatever still fails becomes ``StorageUnavailableError``, whose detail
+    names DynamoDB's ``x-amzn-RequestId`` when there was an answer.
     """
 
     def __init__(
@@ -171,106 +166,121 @@ class DynamoDBClient:
             raise ConfigurationError(
                 "no AWS region: add ?region=... to the storage URL or set AWS_REGION"
             )
+        route = resolve_route(session, region, location.endpoint_url)
         self.table = location.table
         self.region = region
-        self.endpoint = location.endpoint_url or f"https://dynamodb.{region}.amazonaws.com"
-        self._credentials = session.get_credentials()
-        self._scope_suffix = f"/{region}/dynamodb/aws4_request"
-        self._signing_keys: dict[tuple[str, str], bytes] = {}
+        self.endpoint = route.endpoint
+        self._credentials = CredentialSource(session)
+        self._signer = SigV4Signer(region=region, service="dynamodb")
+        self._timeout_s = timeout_ms / 1000
         self._max_attempts = max_attempts
-        self._pool = ConnectionPool(self.endpoint, size=pool_size, timeout_s=timeout_ms / 1000)
+        self._quota = RetryQuota()
+        self._pool = ConnectionPool(
+            route.endpoint, size=pool_size, proxy=route.proxy, ca_bundle=route.ca_bundle
+        )
 
-    def _signing_key(self, secret_key: str, date: str) -> bytes:
-        cached = self._signing_keys.get((secret_key, date))
-        if cached is None:
-            cached = _hmac(
-                _hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), date), self.region), "dynamodb"),
-                "aws4_request",
-            )
-            self._signing_keys = {(secret_key, date): cached}
-        return cached
-
-    def _signed_headers(self, target: str, body: bytes) -> list[tuple[str, str]]:
-        credentials = self._credentials and self._credentials.get_frozen_credentials()
-        if not (credentials and credentials.access_key and credentials.secret_key):
-            raise StorageUnavailableError("no AWS credentials found for DynamoDB")
-        now = datetime.datetime.now(datetime.UTC)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-        date = amz_date[:8]
+    def _signed_headers(self, target: str, body: bytes, credentials: Credentials) -> dict[str, str]:
         headers = {
             "content-type": _CONTENT_TYPE,
             "host": self._pool.authority,
-            "x-amz-date": amz_date,
             "x-amz-target": target,
         }
-        if credentials.token:
-            headers["x-amz-security-token"] = credentials.token
-        signed = ";".join(headers)  # already in sorted order
-        canonical = "\n".join(
-            (
-                "POST",
-                "/",
-                "",
-                "".join(f"{name}:{value}\n" for name, value in headers.items()),
-                signed,
-                hashlib.sha256(body).hexdigest(),
-            )
-        )
-        scope = f"{date}{self._scope_suffix}"
-        to_sign = "\n".join(
-            ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
-        )
-        signature = hmac.new(
-            self._signing_key(credentials.secret_key, date), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
-            f"SignedHeaders={signed}, Signature={signature}"
-        )
-        return list(headers.items())
+        amz_date = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self._signer.sign("POST", "/", headers, body, credentials=credentials, amz_date=amz_date)
+        return headers
 
     async def call(self, operation: str, **request: Any) -> dict[str, Any]:
         """One API call on the table, and its answer.
 
-        Raises ``ConditionFailedError`` or ``StorageUnavailableError``.
+        Raises ``ConditionFailedError``, ``PayloadTooLargeError`` or
+        ``StorageUnavailableError``.
         """
         body = orjson.dumps({"TableName": self.table, **request})
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._attempts(operation, body, deadline)
+        except _GaveUpError as gave_up:
+            raise StorageUnavailableError(
+                f"DynamoDB {operation} on {self.table!r} failed: {gave_up}"
+            ) from gave_up
+        except TimeoutError as exc:
+            raise StorageUnavailableError(
+                f"DynamoDB {operation} on {self.table!r} failed: no answer within "
+                f"{self._timeout_s * 1000:.0f} ms"
+            ) from exc
+
+    async def _attempts(self, operation: str, body: bytes, deadline: float) -> dict[str, Any]:
         target = f"{_API_VERSION}.{operation}"
-        failure = ""
-        for attempt in range(self._max_attempts):
-            if attempt:
-                await asyncio.sleep(
-                    random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
-                )
+        credentials = await self._credentials.get()
+        refreshed = False
+        attempt = retries = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            attempt += 1
+            headers = self._signed_headers(target, body, credentials)
             try:
-                response = await self._pool.post(self._signed_headers(target, body), body)
-            except TimeoutError:
-                failure = "timed out"
-                continue
+                response = await self._pool.post(headers, body)
             except (ExchangeError, OSError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
-                continue
-            try:
-                answer: dict[str, Any] = orjson.loads(response.body or b"{}")
-            except orjson.JSONDecodeError:  # e.g. a proxy's HTML error page
-                answer = {}
-            if response.status == 200:
-                return answer
-            error = str(answer.get("__type", "")).rpartition("#")[2]
-            message = str(answer.get("message") or answer.get("Message") or "")
-            if error == "ConditionalCheckFailedException":
-                raise ConditionFailedError(answer.get("Item"))
-            if error == "ValidationException" and "size" in message:
-                raise PayloadTooLargeError(f"DynamoDB refused the item: {message}")
-            failure = f"HTTP {response.status} {error}: {message}"
-            if error not in _RETRYABLE_ERRORS and response.status < 500:
-                raise DynamoDBRefusedError(
-                    f"DynamoDB {operation} on {self.table!r} failed: {failure}", error=error
-                )
-        raise StorageUnavailableError(f"DynamoDB {operation} on {self.table!r} failed: {failure}")
+            else:
+                answer, error, failure = _parse(response)
+                if answer is not None:
+                    self._quota.succeeded(retries)
+                    return answer
+                if error in CREDENTIALS_REFUSED and not refreshed:
+                    refreshed = True
+                    credentials = await self._credentials.refresh(credentials)
+                    attempt -= 1
+                    continue
+                if error and not retryable(response.status, error):
+                    raise DynamoDBRefusedError(
+                        f"DynamoDB {operation} on {self.table!r} failed: {failure}", error=error
+                    )
+            if attempt >= self._max_attempts:
+                raise _GaveUpError(f"{failure} (after {attempt} attempts)")
+            pause = backoff_s(attempt)
+            if loop.time() + pause >= deadline:
+                raise _GaveUpError(f"{failure} (no time left to retry)")
+            if not self._quota.spend():
+                raise _GaveUpError(f"{failure} (retry quota exhausted)")
+            retries += 1
+            await asyncio.sleep(pause)
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+class _GaveUpError(Exception):
+    """The last failure of a call that ran out of attempts, time or retry quota."""
+
+
+def _parse(response: Answer) -> tuple[dict[str, Any] | None, str, str]:
+    """The answer's body if usable, else None, the DynamoDB error name and a failure line.
+
+    An error name of ``""`` means an answer that is not DynamoDB's (damaged, cut, or from
+    something in between), worth a retry like a 5xx.
+    """
+    intact = response.crc32 is None or zlib.crc32(response.body) == response.crc32
+    try:
+        answer = orjson.loads(response.body or b"{}") if intact else None
+    except orjson.JSONDecodeError:  # e.g. a proxy's HTML error page
+        answer = None
+    if response.status == 200 and isinstance(answer, dict):
+        return answer, "", ""
+    request_id = f" (x-amzn-RequestId: {response.request_id})" if response.request_id else ""
+    if not intact:
+        return None, "", f"HTTP {response.status}: the body does not match x-amz-crc32{request_id}"
+    if not isinstance(answer, dict):
+        return None, "", f"HTTP {response.status}: not a DynamoDB answer{request_id}"
+    error = str(answer.get("__type", "")).rpartition("#")[2]
+    message = str(answer.get("message") or answer.get("Message") or "")
+    if error == "ConditionalCheckFailedException":
+        raise ConditionFailedError(answer.get("Item"))
+    if error == "ValidationException" and "size" in message:
+        raise PayloadTooLargeError(f"DynamoDB refused the item: {message}")
+    described = f" {error}: {message}" if error else ""
+    return None, error, f"HTTP {response.status}{described}{request_id}"
 
 
 class DynamoDBStorage(Storage):
@@ -372,7 +382,7 @@ class DynamoDBStorage(Storage):
             update += "#ttl = :ttl, #expires = :base + :ttl"
             values[":ttl"] = _n(ttl_s)
         answer = await self._update_held(namespace, key, lease_token, now_s, update, **values)
-        return _record(answer["Attributes"]) if answer is not None else None
+        return _record(answer.get("Attributes") or {}) if answer is not None else None
 
     async def extend(
         self,
