@@ -132,11 +132,28 @@ class DynamoDBLocal:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            _wait_for_port(self.port, self._process, time.monotonic() + _START_TIMEOUT_S)
+            deadline = time.monotonic() + _START_TIMEOUT_S
+            _wait_for_port(self.port, self._process, deadline)
+            self._wait_answering(deadline)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_answering(self, deadline: float) -> None:
+        # The port opens before the server answers; under load the first answer can take seconds.
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"DynamoDB Local exited with {self._process.returncode}")
+            connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=5)
+            # Unsigned, so refused with a 4xx: any HTTP answer proves the server serves.
+            with contextlib.suppress(OSError), contextlib.closing(connection):
+                connection.request("POST", "/", body=b"{}")
+                connection.getresponse().read()
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"DynamoDB Local on {self.endpoint_url} did not answer in time")
 
     def stop(self) -> None:
         if self._process is not None:
