@@ -6,8 +6,9 @@ each event is delivered 1 to 3 times, some duplicates at once, some later; each 
 to a random gateway of its backend, through the Python adapter (``@idempotent``) or the Node
 client (tools/soak_node.mjs). Some invocations "time out" mid-work: they stop without completing
 or releasing, and their lease must run out before a retry takes over. At random points of the
-stream a gateway is SIGKILLed and restarted, and the storage delay changes. A delivery that
-fails (timed out, in progress, gateway unavailable) is retried later, as Lambda would.
+stream a gateway is SIGKILLed and restarted, a DynamoDB replica is frozen (SIGSTOP) for a few
+seconds, and the storage delay changes. A delivery that fails (timed out, in progress, gateway
+unavailable) is retried later, as Lambda would.
 
 Every run of the work appends a line to a ledger file (O_APPEND): the side effect. The soak
 passes when, for every event:
@@ -31,6 +32,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,7 @@ from lambda_adapter import (
     IdempotencyUnavailableError,
     idempotent,
 )
+from lambda_adapter._persistence import Invocation
 from lambda_adapter.testing import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,11 +71,13 @@ WORK_MS = (0, 20)
 # Lease ends and run starts are both read off this machine's clock, in whole milliseconds.
 CLOCK_TOLERANCE_MS = 2
 MAX_ATTEMPTS = 40
+RETRY_CAP_S = 4.0
 STORAGE_TIMEOUT_MS = 1000
 # Mostly fast, sometimes slow, now and then slower than the storage timeout.
 STORAGE_DELAYS_S = (0.0, 0.0, 0.0, 0.005, 0.02, 0.1, 0.3, 1.2)
 STORAGE_DELAY_LASTS_S = (0.2, 2.0)
 GATEWAY_DOWN_S = (0.1, 1.0)
+GATEWAY_PAUSED_S = (0.5, 3.0)
 
 
 # A gateway restarted while storage is slow must serve again without waiting for storage.
@@ -102,6 +107,7 @@ class Figures:
     outcomes: Counter[str] = field(default_factory=Counter)
     timed_out_invocations: int = 0
     gateway_kills: int = 0
+    gateway_pauses: int = 0
     storage_delay_changes: int = 0
     given_up_deliveries: int = 0
 
@@ -151,6 +157,21 @@ class _Work:
     ran: bool = False
 
 
+class _RecordingStore(GatewayPersistenceLayer):
+    """The adapter's store, noting which invocations' completes failed (it only logs them)."""
+
+    def __init__(self, *, url: str, failed_completes: set[str]) -> None:
+        super().__init__(url=url, namespace=NAMESPACE)
+        self._failed_completes = failed_completes
+
+    def complete(self, key: str, *, invocation: Invocation, **kwargs: Any) -> None:
+        try:
+            super().complete(key, invocation=invocation, **kwargs)
+        except IdempotencyError:
+            self._failed_completes.add(str(invocation.request_id))
+            raise
+
+
 class PythonClient:
     """Invocations of a Python handler decorated with ``@idempotent``, one store per gateway."""
 
@@ -158,12 +179,13 @@ class PythonClient:
         self._ledger = ledger
         self._local = threading.local()
         self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
+        self._failed_completes: set[str] = set()
         # The Node client keys its records by the same name, so both share every event's key.
         self.handler_name = f"{PythonClient._work.__module__}.{PythonClient._work.__qualname__}"
 
     def _handler(self, url: str) -> Callable[[dict[str, Any], Any], Any]:
         if url not in self._handlers:
-            store = GatewayPersistenceLayer(url=url, namespace=NAMESPACE)
+            store = _RecordingStore(url=url, failed_completes=self._failed_completes)
             self._handlers[url] = idempotent(persistence_store=store, config=IdempotencyConfig())(
                 self._work
             )
@@ -195,6 +217,8 @@ class PythonClient:
             return {"outcome": "unavailable", "ran": work.ran}
         except IdempotencyError as error:
             return {"outcome": "error", "code": type(error).__name__, "ran": work.ran}
+        if run in self._failed_completes:
+            return {"outcome": "complete_failed", "ran": True}
         return {"outcome": "ok", "ran": work.ran, "result": result}
 
 
@@ -262,7 +286,7 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(workdir: Path) -> Iterator[Stack]:
+def running_stack(workdir: Path, dynamodb_port: int | None) -> Iterator[Stack]:
     env = {
         "IDEMGATE_STORAGE_TIMEOUT_MS": str(STORAGE_TIMEOUT_MS),
         "IDEMGATE_ACCESS_LOG": "false",
@@ -272,11 +296,15 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
     }
     os.environ.update({name: env[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
     with contextlib.ExitStack() as stack:
-        dynamodb = stack.enter_context(DynamoDBLocal())
-        if idemgate_cli(["create-table", "--storage", dynamodb.storage_url("soak")]) != 0:
+        if dynamodb_port is None:
+            dynamodb = stack.enter_context(DynamoDBLocal())
+        else:
+            dynamodb = DynamoDBLocal(port=dynamodb_port)  # already running
+        table = f"soak-{uuid.uuid4().hex[:8]}"
+        if idemgate_cli(["create-table", "--storage", dynamodb.storage_url(table)]) != 0:
             raise SystemExit("could not create the soak table")
         proxy = stack.enter_context(DelayingProxy(dynamodb.port))
-        storage = dynamodb.storage_url("soak").replace(dynamodb.endpoint_url, proxy.endpoint_url)
+        storage = dynamodb.storage_url(table).replace(dynamodb.endpoint_url, proxy.endpoint_url)
         replicas = [GatewayServer(storage=storage, env=env, ready_path=LIVE) for _ in range(2)]
         sqlite = GatewayServer(
             storage=f"sqlite:///{workdir / 'soak.db'}", workers=2, env=env, ready_path=LIVE
@@ -297,17 +325,16 @@ class Chaos:
         self._done: list[Future[None]] = []
 
     def act(self, action: str) -> None:
-        """``kill`` a gateway, ``delay`` storage at random, or ``calm`` it back to no delay."""
+        """``kill`` or ``pause`` a gateway, ``delay`` storage at random, or ``calm`` it."""
         if action == "kill":
-            self.kill_a_gateway()
+            self._done.append(self._pool.submit(self._kill_and_restart))
+        elif action == "pause":
+            self._done.append(self._pool.submit(self._pause_and_resume))
         elif action == "delay":
             self._stack.proxy.delay_s = self._rng.choice(STORAGE_DELAYS_S)
             self._figures.storage_delay_changes += 1
         else:
             self._stack.proxy.delay_s = 0.0
-
-    def kill_a_gateway(self) -> None:
-        self._done.append(self._pool.submit(self._kill_and_restart))
 
     def _kill_and_restart(self) -> None:
         gateway = self._rng.choice([g for gs in self._stack.gateways.values() for g in gs])
@@ -315,6 +342,19 @@ class Chaos:
         self._figures.gateway_kills += 1
         time.sleep(self._rng.uniform(*GATEWAY_DOWN_S))
         gateway.start()
+
+    def _pause_and_resume(self) -> None:
+        # Requests already sent to a frozen replica wait in its socket and are handled when it
+        # resumes, after their callers gave up and, maybe, after their leases ended: only the
+        # fencing token stops a stale complete then. (A frozen SQLite worker would hold the
+        # writers' lock: a fault of its own, tested apart.)
+        gateway = self._rng.choice(self._stack.gateways["dynamodb"])
+        gateway.send_signal(signal.SIGSTOP)
+        self._figures.gateway_pauses += 1
+        try:
+            time.sleep(self._rng.uniform(*GATEWAY_PAUSED_S))
+        finally:
+            gateway.send_signal(signal.SIGCONT)
 
     def settle(self) -> None:
         """Wait for every restart, and make storage fast for the final checks."""
@@ -324,10 +364,13 @@ class Chaos:
         self._stack.proxy.delay_s = 0.0
 
 
-def _retry_delay_s(outcome: str, rng: random.Random) -> float:
+def _retry_delay_s(outcome: str, attempts: int, rng: random.Random) -> float:
     if outcome == "timed_out":  # Lambda retries a timed-out async invocation later
         return TIMING_OUT_MS / 1000 + rng.uniform(0, 0.5)
-    return rng.uniform(0.1, 0.6)
+    if outcome == "complete_failed":  # the record stays in progress until its lease ends
+        return INVOCATION_MS / 1000 + rng.uniform(0, 0.5)
+    # In progress, or the gateway is down: back off, as a queue's redelivery would.
+    return rng.uniform(0.1, min(RETRY_CAP_S, 0.2 * 2**attempts))
 
 
 Timeline = list[tuple[float, int, "Delivery | str"]]
@@ -354,8 +397,10 @@ def plan(
             delivery = Delivery(event, backend, concurrent=concurrent)
             heapq.heappush(timeline, (due + later, next(sequence), delivery))
     stream_s = args.events / args.rate
-    for point in sorted(rng.uniform(0.05, 0.95) * stream_s for _ in range(args.kills)):
-        heapq.heappush(timeline, (start + point, next(sequence), "kill"))
+    for action, count in (("kill", args.kills), ("pause", args.pauses)):
+        for _ in range(count):
+            point = rng.uniform(0.05, 0.95) * stream_s
+            heapq.heappush(timeline, (start + point, next(sequence), action))
     for point in sorted(rng.uniform(0.0, 1.0) * stream_s for _ in range(args.delays)):
         heapq.heappush(timeline, (start + point, next(sequence), "delay"))
         calm = point + rng.uniform(*STORAGE_DELAY_LASTS_S)
@@ -393,8 +438,8 @@ def drive(args: argparse.Namespace, stack: Stack, ledger: Ledger, figures: Figur
                 if delivery.attempts >= MAX_ATTEMPTS:
                     figures.given_up_deliveries += 1
                     return
-                retry_at = time.monotonic() + _retry_delay_s(report["outcome"], rng)
-                heapq.heappush(timeline, (retry_at, next(sequence), delivery))
+                pause = _retry_delay_s(report["outcome"], delivery.attempts, rng)
+                heapq.heappush(timeline, (time.monotonic() + pause, next(sequence), delivery))
         finally:
             in_flight.release()
 
@@ -456,7 +501,9 @@ def check(stack: Stack, ledger: Ledger, figures: Figures, events: int) -> dict[s
         "invocations_by_client": dict(figures.by_client),
         "outcomes": dict(figures.outcomes),
         "timed_out_invocations": figures.timed_out_invocations,
+        "completes_failed_after_work": figures.outcomes["complete_failed"],
         "gateway_kills": figures.gateway_kills,
+        "gateway_pauses": figures.gateway_pauses,
         "storage_delay_changes": figures.storage_delay_changes,
         "given_up_deliveries": figures.given_up_deliveries,
         "runs": sum(len(event_runs) for event_runs in runs.values()),
@@ -474,9 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="new events per second")
     parser.add_argument("--concurrency", type=int, default=16, help="invocations at once")
     parser.add_argument("--kills", type=int, default=20, help="gateway SIGKILLs in the stream")
+    parser.add_argument("--pauses", type=int, default=10, help="gateway SIGSTOPs (DynamoDB)")
     parser.add_argument("--delays", type=int, default=40, help="storage delay changes")
     parser.add_argument("--timeout-share", type=float, default=0.05, help="invocations cut short")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--dynamodb-port", type=int, default=None, help="a DynamoDB Local already on 127.0.0.1"
+    )
     args = parser.parse_args(argv)
     args.seed = args.seed if args.seed is not None else random.randrange(2**32)
 
@@ -486,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="idemgate-soak-") as workdir:
         ledger = Ledger(Path(workdir) / "ledger.jsonl")
         figures = Figures()
-        with running_stack(Path(workdir)) as stack:
+        with running_stack(Path(workdir), args.dynamodb_port) as stack:
             stack_started = time.monotonic()
             drive(args, stack, ledger, figures)
             driven = time.monotonic()

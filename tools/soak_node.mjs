@@ -5,6 +5,7 @@
 // workMs, ledger}. stdout: one JSON line per invocation, {id, outcome, ran, result?, code?}.
 // The work appends one line to the ledger (O_APPEND) as its side effect. With `kill`, the
 // invocation "times out" there: it never completes nor releases, as if Lambda had ended it.
+// An invocation whose work ran but whose complete failed reports "complete_failed".
 
 import { appendFileSync } from "node:fs";
 import { createInterface } from "node:readline";
@@ -13,11 +14,19 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { IdemgateClient, idempotent } from "../examples/node/idemgate.mjs";
 
 const handlers = new Map();
+// The client only logs a failed complete; the driver must know, to deliver the event again.
+const failedCompletes = new Set();
 
 function handlerFor(url, namespace, handlerName) {
   const name = `${url} ${namespace} ${handlerName}`;
   if (!handlers.has(name)) {
     const client = new IdemgateClient({ url, namespace });
+    const complete = client.complete.bind(client);
+    client.complete = (key, held) =>
+      complete(key, held).catch((error) => {
+        failedCompletes.add(held.requestId);
+        throw error;
+      });
     handlers.set(
       name,
       idempotent(async (event, context) => context.work(event), { client, handlerName }),
@@ -52,7 +61,8 @@ async function invoke(request) {
   };
   const handler = handlerFor(request.url, request.namespace, request.handlerName);
   const answered = handler(request.event, context).then(
-    (result) => ({ outcome: "ok", result }),
+    (result) =>
+      failedCompletes.delete(request.id) ? { outcome: "complete_failed" } : { outcome: "ok", result },
     (error) => ({ outcome: outcomeOf(error), code: error.code ?? error.name }),
   );
   const report = await Promise.race([answered, wasKilled.then(() => ({ outcome: "timed_out" }))]);

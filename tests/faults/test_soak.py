@@ -1,7 +1,8 @@
 """A short `make soak`: exactly-once under gateway kills, slow storage and timed-out invocations.
 
-tools/soak.py runs in a process of its own, with its own DynamoDB Local and gateways; see its
-docstring for the stream it plays and what it checks. `make soak` runs the long version.
+tools/soak.py runs in a process of its own, with gateways of its own on a table of its own in the
+session's DynamoDB Local; see its docstring for the stream it plays and what it checks. `make soak`
+runs the long version.
 """
 
 from __future__ import annotations
@@ -11,21 +12,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from idemgate.testing import DynamoDBLocal
+
 SOAK = Path(__file__).resolve().parents[2] / "tools" / "soak.py"
-EVENTS = 300
-KILLS = 3
+EVENTS = 200
+KILLS = 2
 SOAK_TIMEOUT_S = 300
 
 
-def test_a_short_soak_runs_every_event_once_except_after_expired_leases() -> None:
+def test_a_short_soak_runs_every_event_once_except_after_expired_leases(
+    dynamodb_local: DynamoDBLocal,
+) -> None:
     command = [
         sys.executable,
         str(SOAK),
         f"--events={EVENTS}",
         "--rate=50",
         f"--kills={KILLS}",
-        "--delays=6",
+        "--pauses=1",
+        "--delays=4",
         "--timeout-share=0.1",
+        f"--dynamodb-port={dynamodb_local.port}",
     ]
     run = subprocess.run(
         command, capture_output=True, text=True, timeout=SOAK_TIMEOUT_S, check=False

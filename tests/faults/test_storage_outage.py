@@ -24,7 +24,7 @@ from .conftest import (
     wait_until_serving,
 )
 
-BURST = 24
+BURST = 16
 
 
 @pytest.fixture(scope="module")
