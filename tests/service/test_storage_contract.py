@@ -69,14 +69,56 @@ async def test_get_returns_none_when_absent(storage: Storage) -> None:
     assert await storage.get("absent", "nothing") is None
 
 
-async def test_take_over_needs_the_previous_token(storage: Storage) -> None:
+async def test_take_over_needs_the_previous_record(storage: Storage) -> None:
     first = in_progress()
     await storage.create(first, now_s=NOW_S)
     successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
-    assert not await storage.take_over(successor, previous_token="someone-else")
-    assert await storage.take_over(successor, previous_token="token-1")
+    someone_else = dataclasses.replace(first, lease_token="someone-else")
+    assert not await storage.take_over(successor, previous=someone_else)
+    assert await storage.take_over(successor, previous=first)
     assert await storage.get(first.namespace, first.key) == successor
-    assert not await storage.take_over(successor, previous_token="token-1")
+    assert not await storage.take_over(successor, previous=first)
+
+
+async def test_take_over_fails_once_the_lease_it_saw_was_extended(storage: Storage) -> None:
+    first = in_progress()
+    await storage.create(first, now_s=NOW_S)
+    extended = first.lease_expires_at + 30_000
+    base_s = NOW_S + 90
+    assert await storage.extend(
+        first.namespace,
+        first.key,
+        "token-1",
+        lease_expires_at=extended,
+        expires_base_s=base_s,
+        now_s=NOW_S,
+    )
+    successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
+    assert not await storage.take_over(successor, previous=first)
+    assert await storage.get(first.namespace, first.key) == dataclasses.replace(
+        first, lease_expires_at=extended, expires_at_s=base_s + first.ttl_s
+    )
+
+
+async def test_take_over_fails_on_a_completed_record_with_the_same_lease(
+    storage: Storage,
+) -> None:
+    first = in_progress()
+    await storage.create(first, now_s=NOW_S)
+    done = await storage.complete(
+        first.namespace,
+        first.key,
+        "token-1",
+        result="1",
+        completed_at=NOW_S * 1000,
+        expires_base_s=NOW_S,
+        ttl_s=None,
+        now_s=NOW_S,
+    )
+    assert done is not None
+    successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
+    assert not await storage.take_over(successor, previous=first)
+    assert await storage.get(first.namespace, first.key) == done
 
 
 async def test_complete_stores_the_result_once_for_the_holder(storage: Storage) -> None:

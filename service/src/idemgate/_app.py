@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="An HTTP idempotency gateway: claim a key, run the work once, replay its result.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a path with a trailing slash is not found, not redirected
     )
     app.state.settings = settings
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes

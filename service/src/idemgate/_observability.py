@@ -19,8 +19,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from idemgate._exceptions import PayloadTooLargeError
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -51,6 +54,11 @@ _STORAGE_ERRORS = Counter(
     "Storage operations that failed and became 503 STORAGE_UNAVAILABLE, by backend.",
     ["backend"],
 )
+
+# nginx's status for a request whose client closed the connection before the answer.
+_CLIENT_CLOSED_REQUEST = 499
+_CONNECTION_CLOSE = (b"connection", b"close")
+_BODY_TOO_LARGE = "The request body is larger than any result this gateway stores."
 
 access_log = logging.getLogger("idemgate.access")
 
@@ -106,7 +114,11 @@ class RequestContextMiddleware:
     """Gives each request an ID (the caller's, if sane), then counts, times and logs it.
 
     It also turns an unexpected exception into ``internal_error`` (a 500 problem that still
-    carries the request ID) and refuses bodies declared larger than ``max_body_bytes``.
+    carries the request ID), and bounds bodies to ``max_body_bytes``: one declared larger is
+    refused before it is read, and one sent in chunks is refused as soon as it grows past the
+    limit. An answer given before its request's body was read to the end closes the
+    connection, so the gateway stops reading the rest. A client that disconnects before its
+    answer is counted with status 499 and outcome ``CLIENT_DISCONNECTED``, not as an error.
     """
 
     def __init__(
@@ -133,53 +145,80 @@ class RequestContextMiddleware:
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
         status = 0
         started = time.perf_counter()
+        declared, chunked = self._body_framing(scope)
+        body_pending = chunked or declared > 0
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal body_pending, received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_pending = message.get("more_body", False)
+                if received > self.max_body_bytes:
+                    raise PayloadTooLargeError(_BODY_TOO_LARGE)
+            else:
+                body_pending = False
+            return message
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = [*message.get("headers", ()), header]
+                if body_pending:
+                    headers.append(_CONNECTION_CLOSE)
+                message["headers"] = headers
             await send(message)
 
         token = _request_id.set(request_id)
         try:
-            if self._declared_length(scope) > self.max_body_bytes:
+            if declared > self.max_body_bytes:
                 scope["state"]["outcome"] = "PAYLOAD_TOO_LARGE"
-                await self.body_too_large()(scope, receive, send_with_request_id)
+                await self.body_too_large()(scope, bounded_receive, send_with_request_id)
             else:
-                await self.app(scope, receive, send_with_request_id)
+                await self.app(scope, bounded_receive, send_with_request_id)
+        except ClientDisconnect:
+            scope["state"]["outcome"] = "CLIENT_DISCONNECTED"
+            status = _CLIENT_CLOSED_REQUEST
         except Exception:
             logging.getLogger("idemgate").exception("unhandled error")
             scope["state"]["outcome"] = "INTERNAL"
             if status == 0:
-                await self.internal_error()(scope, receive, send_with_request_id)
+                await self.internal_error()(scope, bounded_receive, send_with_request_id)
         finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            outcome = scope["state"].get("outcome", "ok" if status < 400 else "error")
-            _REQUESTS.labels(route, scope["method"], str(status), outcome).inc()
-            _LATENCY.labels(route).observe(elapsed)
-            if self.log_requests:
-                access_log.info(
-                    "request",
-                    extra={
-                        "fields": {
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status,
-                            "outcome": outcome,
-                            "duration_ms": round(elapsed * 1000, 3),
-                        }
-                    },
-                )
+            self._account(scope, status, time.perf_counter() - started)
             _request_id.reset(token)
 
+    def _account(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = _route_template(scope)
+        outcome = scope["state"].get("outcome", "ok" if status < 400 else "error")
+        _REQUESTS.labels(route, scope["method"], str(status), outcome).inc()
+        _LATENCY.labels(route).observe(elapsed)
+        if self.log_requests:
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "outcome": outcome,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    }
+                },
+            )
+
     @staticmethod
-    def _declared_length(scope: Scope) -> int:
+    def _body_framing(scope: Scope) -> tuple[int, bool]:
+        """The declared Content-Length (0 if none) and whether the body comes in chunks."""
+        declared, chunked = 0, False
         for name, value in scope["headers"]:
             if name == b"content-length":
-                return int(value) if value.isdigit() else 0
-        return 0
+                declared = int(value) if value.isdigit() else 0
+            elif name == b"transfer-encoding":
+                chunked = True
+        return declared, chunked
 
     @staticmethod
     def _request_id(scope: Scope) -> str:

@@ -24,7 +24,7 @@ from idemgate._storage import Record, Status, Storage
 __all__ = ["Claim", "RecordService", "ceil_seconds", "epoch_ms"]
 
 # A claim races at most a few writers: each lost race means another caller made progress.
-_CLAIM_ROUNDS = 4
+_TAKE_OVERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,20 +75,26 @@ class RecordService:
             expires_at_s=ceil_seconds(lease_expires_at) + ttl_s,
         )
         now_s = now // 1000
-        for _ in range(_CLAIM_ROUNDS):
+        take_overs = 0
+        while True:  # a failed take-over is followed by a read, which may find our own write
             stored = await self.storage.create(fresh, now_s=now_s)
             if stored is None:
                 return Claim(claimed=True, record=fresh)
+            if stored.lease_token == fresh.lease_token:
+                # Our own write, applied by a call whose answer was lost and then retried.
+                return Claim(claimed=True, record=stored)
             if _fingerprints_conflict(stored.fingerprint, fingerprint):
                 raise FingerprintMismatchError
             if stored.status is Status.COMPLETED:
                 return Claim(claimed=False, record=stored)
             if stored.lease_expires_at > now:
                 raise InProgressError(lease_expires_at=stored.lease_expires_at, now=now)
+            if take_overs == _TAKE_OVERS:
+                raise InProgressError(lease_expires_at=lease_expires_at, now=now)
+            take_overs += 1
             successor = dataclasses.replace(fresh, attempt=stored.attempt + 1)
-            if await self.storage.take_over(successor, previous_token=stored.lease_token):
+            if await self.storage.take_over(successor, previous=stored):
                 return Claim(claimed=True, record=successor)
-        raise InProgressError(lease_expires_at=lease_expires_at, now=now)
 
     async def complete(
         self, namespace: str, key: str, *, lease_token: str, result: str, ttl_s: int | None
@@ -122,11 +128,18 @@ class RecordService:
     async def release(self, namespace: str, key: str, *, lease_token: str) -> None:
         """Forget the holder's claim so a retry can run now; a repeat is harmless.
 
-        Raises ``LeaseLostError`` when someone else holds the key or it is completed.
+        Raises ``LeaseLostError`` when the holder completed the key: a result is never released.
+        Otherwise, once the token holds nothing, the answer is the same however that came to be
+        (released now, or by an earlier try whose answer was lost, taken over, expired).
         """
         if await self.storage.release(namespace, key, lease_token):
             return
-        if await self._live(namespace, key, self._clock()) is not None:
+        stored = await self._live(namespace, key, self._clock())
+        if (
+            stored is not None
+            and stored.status is Status.COMPLETED
+            and stored.lease_token == lease_token
+        ):
             raise LeaseLostError
 
     async def extend(self, namespace: str, key: str, *, lease_token: str, lease_ms: int) -> int:

@@ -64,10 +64,13 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    async def take_over(self, record: Record, *, previous_token: str) -> bool:
-        """Replace the stored record with ``record`` if it is held by ``previous_token``.
+    async def take_over(self, record: Record, *, previous: Record) -> bool:
+        """Replace the stored record with ``record`` if it is still the ``previous`` one seen.
 
-        Returns whether it was replaced.
+        ``previous`` is the in-progress record whose lease the caller judged ended: the write
+        happens only if the stored record is in progress under the same ``lease_token`` with
+        the same ``lease_expires_at``, so an extend that lands after the caller read the record
+        makes it fail. Returns whether it was replaced.
         """
 
     @abstractmethod

@@ -72,6 +72,7 @@ _NAMES = {
 }
 _HELD = "#status = :in_progress AND #token = :token"
 _LIVE_AND_HELD = f"{_HELD} AND #expires > :now_s"
+_HELD_UNTIL = f"{_HELD} AND #lease = :lease"
 
 
 class DynamoDBRefusedError(StorageUnavailableError):
@@ -333,8 +334,18 @@ class DynamoDBStorage(Storage):
             return await self.get(record.namespace, record.key)
         return None
 
-    async def take_over(self, record: Record, *, previous_token: str) -> bool:
-        return await self._write_held("PutItem", previous_token, Item=_item(record))
+    async def take_over(self, record: Record, *, previous: Record) -> bool:
+        written = await self._write(
+            "PutItem",
+            Item=_item(record),
+            ConditionExpression=_HELD_UNTIL,
+            ExpressionAttributeNames=_names(_HELD_UNTIL),
+            ExpressionAttributeValues={
+                **_held_by(previous.lease_token),
+                ":lease": _n(previous.lease_expires_at),
+            },
+        )
+        return written is not None
 
     async def complete(
         self,

@@ -151,11 +151,18 @@ class SQLiteStorage(Storage):
             ).fetchone()
             return _record(row)
 
-    async def take_over(self, record: Record, *, previous_token: str) -> bool:
+    async def take_over(self, record: Record, *, previous: Record) -> bool:
         with self._writing() as connection:
             cursor = connection.execute(
-                f"UPDATE records SET ({_COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?) WHERE {_HELD}",
-                (*_row(record), record.namespace, record.key, previous_token),
+                f"UPDATE records SET ({_COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?) "
+                f"WHERE {_HELD} AND lease_expires_at = ?",
+                (
+                    *_row(record),
+                    record.namespace,
+                    record.key,
+                    previous.lease_token,
+                    previous.lease_expires_at,
+                ),
             )
             return cursor.rowcount == 1
 

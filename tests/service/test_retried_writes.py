@@ -1,0 +1,158 @@
+"""A DynamoDB write whose answer is lost, then retried by the gateway, through a real proxy.
+
+The proxy sits on loopback between the gateway and DynamoDB Local. It forwards every request,
+but swallows the answer to the next ``PutItem`` when told to: the write is applied, the gateway
+times out waiting and retries it, and the retry meets the gateway's own item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from idemgate._settings import Settings
+from idemgate._storage import Record, open_storage
+from idemgate.testing import LOOPBACK, DynamoDBLocal, GatewayServer
+
+_TARGET = re.compile(rb"x-amz-target:\s*DynamoDB_\d+\.(\w+)", re.IGNORECASE)
+
+
+class AnswerDroppingProxy:
+    """A TCP proxy to ``upstream_port`` that can swallow the answer to one chosen operation."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.operations: Counter[str] = Counter()
+        self.dropped = 0
+        self._drop: str | None = None
+        self._skip = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+
+    def drop_answer(self, operation: str, *, skip: int = 0) -> None:
+        """Swallow the answer to the ``operation`` request after the next ``skip`` of them."""
+        with self._lock:
+            self._drop, self._skip = operation, skip
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((LOOPBACK, self.upstream_port))
+            self._sockets += [client, upstream]
+            swallow = threading.Event()
+            threading.Thread(target=self._requests, args=(client, upstream, swallow)).start()
+            threading.Thread(target=self._answers, args=(upstream, client, swallow)).start()
+
+    def _requests(
+        self, client: socket.socket, upstream: socket.socket, swallow: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                for match in _TARGET.finditer(data):
+                    operation = match.group(1).decode()
+                    with self._lock:
+                        self.operations[operation] += 1
+                        if operation == self._drop and self._skip:
+                            self._skip -= 1
+                        elif operation == self._drop:
+                            self._drop = None
+                            self.dropped += 1
+                            swallow.set()  # before the request leaves: its answer is next
+                upstream.sendall(data)
+        self._close(client, upstream)
+
+    def _answers(
+        self, upstream: socket.socket, client: socket.socket, swallow: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if not swallow.is_set():
+                    client.sendall(data)
+        self._close(client, upstream)
+
+    @staticmethod
+    def _close(*sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._listener.close()
+        self._close(*self._sockets)
+
+
+def stored(storage_url: str, namespace: str, key: str) -> Record | None:
+    async def read() -> Record | None:
+        storage = open_storage(Settings(storage=storage_url))
+        try:
+            return await storage.get(namespace, key)
+        finally:
+            await storage.close()
+
+    return asyncio.run(read())
+
+
+def test_claims_whose_put_answer_was_lost_are_201_with_the_stored_token(
+    dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
+) -> None:
+    with AnswerDroppingProxy(dynamodb_local.port) as proxy:
+        through_proxy = dynamodb_storage_url.replace(
+            dynamodb_local.endpoint_url, f"http://{LOOPBACK}:{proxy.port}"
+        )
+        env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "1000", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "3"}
+        with (
+            GatewayServer(storage=through_proxy, env=env) as gateway,
+            httpx.Client(base_url=gateway.url, timeout=30) as client,
+        ):
+            # A fresh key: the create's answer is lost, its retry meets the claim's own item.
+            proxy.drop_answer("PutItem")
+            fresh = client.post(f"/v1/records/{namespace}/fresh/claim", json={})
+            assert proxy.dropped == 1
+            assert fresh.status_code == 201, fresh.text
+            token = fresh.json()["lease_token"]
+            record = stored(dynamodb_storage_url, namespace, "fresh")
+            assert record is not None
+            assert record.lease_token == token
+            done = client.post(
+                f"/v1/records/{namespace}/fresh/complete", json={"lease_token": token, "result": 1}
+            )
+            assert done.status_code == 200
+
+            # A take-over: the claim's create finds the expired lease, the take-over's answer
+            # is lost, its retry fails on the claim's own item, and the read after it finds it.
+            held = client.post(f"/v1/records/{namespace}/taken/claim", json={"lease_ms": 200})
+            time.sleep(max(0.0, held.json()["lease_expires_at"] / 1000 - time.time()) + 0.05)
+            before = proxy.operations["PutItem"]
+            proxy.drop_answer("PutItem", skip=1)
+            taken = client.post(f"/v1/records/{namespace}/taken/claim", json={})
+            assert proxy.dropped == 2
+            assert proxy.operations["PutItem"] - before == 4
+            assert taken.status_code == 201, taken.text
+            assert taken.json()["attempt"] == 2
+            record = stored(dynamodb_storage_url, namespace, "taken")
+            assert record is not None
+            assert record.lease_token == taken.json()["lease_token"]
