@@ -12,12 +12,13 @@ DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed-$(DDB_LOCAL_VERSION)
 
 export IDEMGATE_DYNAMODB_LOCAL_DIR := $(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: help run test lint typecheck pytest stack bench clean wrk
+.PHONY: help run test lint typecheck pytest stack soak bench clean wrk
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8080 (embedded SQLite)"
 	@echo "make test   ruff, mypy and the whole test suite (DynamoDB Local included)"
 	@echo "make stack  DynamoDB Local + table + gateway, without Docker (Ctrl-C stops all)"
+	@echo "make soak   exactly-once under chaos: 10,000 events, killed replicas, slow storage"
 	@echo "make bench  the benchmark suite; writes docs/performance.md"
 
 $(UV_BOOTSTRAP):
@@ -57,6 +58,10 @@ test: lint typecheck pytest
 
 stack: $(VENV)/.synced $(DDB_LOCAL_STAMP)
 	$(VENV)/bin/python tools/stack.py
+
+# Options, e.g. `make soak SOAK_ARGS="--events 2000 --seed 7"`; see tools/soak.py --help.
+soak: $(VENV)/.synced $(DDB_LOCAL_STAMP)
+	$(VENV)/bin/python tools/soak.py $(SOAK_ARGS)
 
 bench: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk
 	$(VENV)/bin/python -m bench

@@ -40,6 +40,7 @@ LOOPBACK_ADDRESSES = {
     "0.0.0.0": "127.0.0.1",
 }
 READY_TIMEOUT_S = 60.0
+INIT_RETRY_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,24 @@ def _wait_ready(process: subprocess.Popen[bytes], stop: threading.Event) -> bool
     return False
 
 
+def _create_table(init: Step, stop: threading.Event) -> bool:
+    """Run the init step until it succeeds, a stop is asked, or time runs out.
+
+    DynamoDB Local answers slowly while it warms up on a busy machine, so one storage timeout
+    is not enough; creating the table is harmless to repeat.
+    """
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not stop.is_set():
+        with _running(init) as creating:
+            if creating.wait() == 0:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        print("stack: creating the table failed; retrying", file=sys.stderr, flush=True)
+        stop.wait(INIT_RETRY_PAUSE_S)
+    return False
+
+
 def run(stop: threading.Event) -> int:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     init, gateway = compose_step(compose, "init"), compose_step(compose, "gateway")
@@ -104,9 +123,8 @@ def run(stop: threading.Event) -> int:
         _ensure_free(port)
     with DynamoDBLocal(port=DYNAMODB_PORT) as dynamodb:
         print(f"stack: DynamoDB Local (in memory) on {dynamodb.endpoint_url}", flush=True)
-        with _running(init) as creating:
-            if creating.wait() != 0:
-                return 0 if stop.is_set() else 1
+        if not _create_table(init, stop):
+            return 0 if stop.is_set() else 1
         with _running(gateway) as serving:
             if not _wait_ready(serving, stop):
                 return 0 if stop.is_set() else 1

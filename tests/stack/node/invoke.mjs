@@ -2,11 +2,12 @@
 //
 // Environment: IDEMGATE_URL and IDEMGATE_NAMESPACE (read by the client), EVENT (JSON),
 // FUNCTION_NAME, HANDLER_NAME, EFFECTS (a file the handler appends its PID to: the side effect
-// that must happen once), WORK_MS (how long the work takes), FAIL ("1": the work throws) and
-// START_AT (epoch milliseconds to wait for, so that concurrent processes claim together).
+// that must happen once), WORK_MS (how long the work takes), FAIL ("1": the work throws),
+// PROCEED_FILE (the work, once started, waits until this file exists: the test creates it when
+// every other invocation has been answered) and REMAINING_MS (the invocation's time left).
 // Prints one JSON line: the key, whether this process ran the work, and its result or error.
 
-import { appendFileSync } from "node:fs";
+import { appendFileSync, existsSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import {
@@ -16,8 +17,16 @@ import {
   idempotent,
 } from "../../../examples/node/idemgate.mjs";
 
-const { EVENT, FUNCTION_NAME, HANDLER_NAME, EFFECTS, WORK_MS = "0", FAIL, START_AT = "0" } =
-  process.env;
+const {
+  EVENT,
+  FUNCTION_NAME,
+  HANDLER_NAME,
+  EFFECTS,
+  WORK_MS = "0",
+  FAIL,
+  PROCEED_FILE,
+  REMAINING_MS = "10000",
+} = process.env;
 const event = JSON.parse(EVENT);
 let ran = false;
 
@@ -26,6 +35,7 @@ const handler = idempotent(
     ran = true;
     appendFileSync(EFFECTS, `${process.pid}\n`);
     await sleep(Number(WORK_MS));
+    while (PROCEED_FILE && !existsSync(PROCEED_FILE)) await sleep(10);
     if (FAIL === "1") throw new Error("the work failed");
     return { processedBy: process.pid, order: order.order };
   },
@@ -38,10 +48,9 @@ const handler = idempotent(
 const context = {
   functionName: FUNCTION_NAME,
   awsRequestId: `node-${process.pid}`,
-  getRemainingTimeInMillis: () => 10_000,
+  getRemainingTimeInMillis: () => Number(REMAINING_MS),
 };
 
-await sleep(Math.max(0, Number(START_AT) - Date.now()));
 const report = {
   key: idempotencyKey(event, { functionName: FUNCTION_NAME, handlerName: HANDLER_NAME }),
   fingerprint: fingerprint(event),
