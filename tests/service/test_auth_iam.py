@@ -4,12 +4,16 @@ moto's STS on loopback checking every signature. On both backends."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import http.server
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -237,3 +241,54 @@ def test_sts_unreachable_is_503_not_500(
         answer = _claim(gateway, authorization.header())
         _assert_problem(answer, 503, "AUTH_UNAVAILABLE")
         assert answer.headers["retry-after"] == "1"
+
+
+class _CountingSts(http.server.BaseHTTPRequestHandler):
+    """A scripted STS: every GetCallerIdentity is the allowed role, and each call is counted."""
+
+    calls: ClassVar[list[str]] = []
+    ARN = f"arn:aws:sts::123456789012:assumed-role/{ALLOWED_ROLE}/counted"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.calls.append(body.decode())
+        answer = (
+            "<GetCallerIdentityResponse><GetCallerIdentityResult>"
+            f"<Arn>{self.ARN}</Arn><UserId>x</UserId><Account>123456789012</Account>"
+            "</GetCallerIdentityResult></GetCallerIdentityResponse>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/xml")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_one_proof_costs_one_sts_call_however_many_requests_carry_it(
+    sqlite_storage_url: str, iam_policy: Path, roles: Roles
+) -> None:
+    sts = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingSts)
+    thread = threading.Thread(target=sts.serve_forever, daemon=True)
+    thread.start()
+    sts_url = f"http://127.0.0.1:{sts.server_address[1]}/"
+    try:
+        env = _gateway_env(iam_policy, sts_url)
+        with GatewayServer(storage=sqlite_storage_url, env=env) as gateway:
+            authorization = IamAuthorization(
+                server_id=SERVER_ID,
+                region="us-east-1",
+                sts_url=sts_url,
+                credentials=lambda: roles.allowed,
+            )
+            proof = authorization.header()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda _: _claim(gateway, proof), range(40)))
+            assert [a.status_code for a in answers] == [201] * 40
+            assert _CountingSts.calls == ["Action=GetCallerIdentity&Version=2011-06-15"]
+            assert authorization.header() == proof  # the adapter reuses it, too
+    finally:
+        sts.shutdown()
+        sts.server_close()

@@ -376,12 +376,16 @@ class IamVerifier:
         headers, signed_at = self._check(proof, server_id)
         pending = self._pending.get(proof)
         if pending is None:
-            pending = asyncio.ensure_future(self._ask_sts(headers, signed_at))
+            pending = asyncio.ensure_future(self._prove(proof, headers, signed_at))
             self._pending[proof] = pending
             pending.add_done_callback(lambda _: self._pending.pop(proof, None))
         proven = await asyncio.shield(pending)
-        self._remember(proof, proven)
         return proven.arn
+
+    async def _prove(self, proof: str, headers: dict[str, str], signed_at: float) -> _Proven:
+        proven = await self._ask_sts(headers, signed_at)
+        self._remember(proof, proven)  # before the pending call is dropped: no gap between
+        return proven
 
     def _remember(self, proof: str, proven: _Proven) -> None:
         if len(self._proven) >= _CACHE_LIMIT:
