@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from idemgate._auth import TOKEN_PREFIX
 from idemgate._cli import main
 from idemgate.testing import GatewayServer, free_port
 
@@ -97,6 +98,13 @@ def test_health_metrics_and_api_description_stay_open(auth_gateway: AuthGateway)
     with _http(auth_gateway) as http:
         for path in OPEN_PATHS:
             assert http.get(path).status_code == 200, path
+        document = http.get("/openapi.json")
+    schema = document.json()
+    assert set(schema["components"]["securitySchemes"]) == {"bearer", "aws4Iam"}
+    claim = schema["paths"]["/v1/records/{namespace}/{key}/claim"]["post"]
+    assert claim["security"] == [{"bearer": []}, {"aws4Iam": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert TOKEN_PREFIX not in document.text
 
 
 def test_a_client_runs_the_whole_protocol_in_its_namespaces(auth_gateway: AuthGateway) -> None:

@@ -10,7 +10,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from idemgate import __version__
-from idemgate._auth import AuthGate, IamVerifier, PolicyFile, default_sts_url
+from idemgate._auth import (
+    AuthGate,
+    IamVerifier,
+    PolicyFile,
+    default_sts_url,
+    document_security,
+)
 from idemgate._observability import RequestContextMiddleware
 from idemgate._problems import (
     body_too_large_response,
@@ -81,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    if policy is not None:
+        describe = app.openapi
+        app.openapi = lambda: app.openapi_schema or document_security(describe())  # type: ignore[method-assign]
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
     app.include_router(health.router)
     install_problem_handlers(app)

@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.responses import Response
@@ -50,6 +50,7 @@ __all__ = [
     "PolicyFile",
     "Principal",
     "PrincipalEntry",
+    "document_security",
     "dump_policy",
     "load_document",
     "load_policy",
@@ -544,3 +545,24 @@ def _authorise(principal: Principal, method: str, path: str) -> None:
     elif principal.role == "admin":
         return
     raise ForbiddenError(f"{principal.name!r} is a client; this call needs the admin role.")
+
+
+def document_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (an OpenAPI document) with the credentials every guarded path needs."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from `idemgate token create` (docs/security.md).",
+    }
+    schemes["aws4Iam"] = {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "`AWS4-IAM <proof>`: a signed sts:GetCallerIdentity (docs/security.md).",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if path not in OPEN_PATHS:
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"aws4Iam": []}]
+    return schema
