@@ -205,9 +205,8 @@ def _token(args: argparse.Namespace) -> None:
     path: Path | None = args.file
     if path is None:
         raise ConfigurationError("no policy file: set IDEMGATE_AUTH_FILE or pass --file")
-    exists = path.exists()
-    document = load_document(path) if exists or args.token_command != "create" else None
-    document = document or PolicyDocument()
+    creating = args.token_command == "create" and not path.exists()
+    document = PolicyDocument() if creating else load_document(path)
     if args.token_command == "list":
         for entry in document.principals:
             kind = "token" if entry.token_sha256 else f"aws {entry.aws_arn}"
