@@ -13,16 +13,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 import pytest
-from conftest import MotoServer
 
 from idemgate.testing import GatewayServer, free_port
 from lambda_adapter import GatewayPersistenceLayer, IdempotencyConfig, idempotent
 from lambda_adapter._iam import IamAuthorization
 from lambda_adapter._sigv4 import AwsCredentials
+
+if TYPE_CHECKING:  # at run time, `conftest` may be tests/stack's: only the fixture is needed
+    from conftest import MotoServer
 
 SERVER_ID = "idemgate-test"
 ALLOWED_ROLE = "orders-fn-role"
@@ -191,6 +193,17 @@ def test_a_forged_or_altered_signature_is_401(
         pytest.param(lambda r: r["headers"].pop("x-idemgate-server-id"), id="no-server-id"),
         pytest.param(lambda r: r["headers"].update(host="sts.amazonaws.com"), id="other-sts"),
         pytest.param(lambda r: r["headers"].update({"x-a": "b\r\nx-c: d"}), id="header-smuggle"),
+        pytest.param(
+            lambda r: r["headers"].update(
+                {
+                    "transfer-encoding": "chunked",
+                    "authorization": r["headers"]["authorization"].replace(
+                        "SignedHeaders=", "SignedHeaders=transfer-encoding;"
+                    ),
+                }
+            ),
+            id="framing-header",
+        ),
     ],
 )
 def test_a_proof_of_the_wrong_shape_is_401_before_sts_is_asked(
@@ -270,6 +283,7 @@ class _CountingSts(http.server.BaseHTTPRequestHandler):
 def test_one_proof_costs_one_sts_call_however_many_requests_carry_it(
     sqlite_storage_url: str, iam_policy: Path, roles: Roles
 ) -> None:
+
     sts = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingSts)
     thread = threading.Thread(target=sts.serve_forever, daemon=True)
     thread.start()

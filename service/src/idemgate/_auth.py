@@ -329,6 +329,10 @@ _SIGV4 = re.compile(
     r"SignedHeaders=([a-z0-9;-]+), Signature=[0-9a-f]{64}"
 )
 _ARN = re.compile(rb"<Arn>\s*(arn:[^<\s]+)\s*</Arn>")
+# The gateway frames the request to STS itself (content-length, one keep-alive connection).
+_FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade", "expect"}
+)
 
 
 def default_sts_url(environ: Mapping[str, str] = os.environ) -> str:
@@ -397,28 +401,8 @@ class IamVerifier:
         self._proven[proof] = proven
 
     def _check(self, proof: str, server_id: str) -> tuple[dict[str, str], float]:
-        """The proof's headers and signing time, once its shape, target and age are right."""
-        if len(proof) > _MAX_PROOF_CHARS:
-            raise UnauthenticatedError("The AWS4-IAM proof is too long.")
-        try:
-            request = json.loads(base64.b64decode(proof, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise UnauthenticatedError("The AWS4-IAM proof is not base64 JSON.") from exc
-        if not isinstance(request, dict) or request.get("body") != GET_CALLER_IDENTITY:
-            raise UnauthenticatedError("The AWS4-IAM proof is not a GetCallerIdentity request.")
-        raw_headers = request.get("headers")
-        if not isinstance(raw_headers, dict) or len(raw_headers) > _MAX_PROOF_HEADERS:
-            raise UnauthenticatedError("The AWS4-IAM proof has no valid headers.")
-        headers: dict[str, str] = {}
-        for name, value in raw_headers.items():
-            lower = name.lower() if isinstance(name, str) else ""
-            if not (
-                _HEADER_NAME.fullmatch(lower)
-                and isinstance(value, str)
-                and _HEADER_VALUE.fullmatch(value)
-            ):
-                raise UnauthenticatedError("The AWS4-IAM proof has a malformed header.")
-            headers[lower] = value
+        """The headers to send STS and the signing time, once target and age are right."""
+        headers = _proof_headers(proof)
         signature = _SIGV4.fullmatch(headers.get("authorization", ""))
         if signature is None:
             raise UnauthenticatedError("The AWS4-IAM proof is not a SigV4-signed STS request.")
@@ -427,6 +411,8 @@ class IamVerifier:
             raise UnauthenticatedError(
                 f"The AWS4-IAM proof must sign host, x-amz-date and {SERVER_ID_HEADER}."
             )
+        if signed & _FRAMING_HEADERS:
+            raise UnauthenticatedError("The AWS4-IAM proof signs a connection-level header.")
         if headers["host"] != self._pool.authority:
             raise UnauthenticatedError("The AWS4-IAM proof is signed for another STS endpoint.")
         if headers[SERVER_ID_HEADER] != server_id:
@@ -445,22 +431,50 @@ class IamVerifier:
                 f"The AWS4-IAM proof has expired: sign a new one at most {self._max_age_s} s "
                 "before use."
             )
-        return headers, signed_at
+        # Only what STS needs goes on: the signed headers and the signature itself.
+        forwarded = {name: headers[name] for name in (*sorted(signed), "authorization")}
+        return forwarded, signed_at
 
     async def _ask_sts(self, headers: dict[str, str], signed_at: float) -> _Proven:
-        sent = [(n, v) for n, v in headers.items() if n not in ("content-length", "connection")]
+        sent = list(headers.items())
         if "content-type" not in headers:
             sent.append(("content-type", "application/x-www-form-urlencoded; charset=utf-8"))
         try:
             answer = await self._pool.post(sent, GET_CALLER_IDENTITY.encode())
         except (TimeoutError, ExchangeError, OSError) as exc:
             raise AuthUnavailableError(f"STS did not answer: {exc or 'timed out'}") from exc
-        if answer.status >= 500:
-            raise AuthUnavailableError(f"STS answered {answer.status}")
+        if answer.status >= 500 or answer.status == 429 or b"<Code>Throttling" in answer.body:
+            raise AuthUnavailableError(f"STS answered {answer.status}: busy or failing")
         found = _ARN.search(answer.body) if answer.status == 200 else None
         if found is None:
             raise UnauthenticatedError("STS refused the AWS4-IAM proof.")
         return _Proven(found.group(1).decode(), signed_at + self._max_age_s)
+
+
+def _proof_headers(proof: str) -> dict[str, str]:
+    """The headers of a well-formed proof, names lower-cased, or ``UnauthenticatedError``."""
+    if len(proof) > _MAX_PROOF_CHARS:
+        raise UnauthenticatedError("The AWS4-IAM proof is too long.")
+    try:
+        request = json.loads(base64.b64decode(proof, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise UnauthenticatedError("The AWS4-IAM proof is not base64 JSON.") from exc
+    if not isinstance(request, dict) or request.get("body") != GET_CALLER_IDENTITY:
+        raise UnauthenticatedError("The AWS4-IAM proof is not a GetCallerIdentity request.")
+    raw_headers = request.get("headers")
+    if not isinstance(raw_headers, dict) or len(raw_headers) > _MAX_PROOF_HEADERS:
+        raise UnauthenticatedError("The AWS4-IAM proof has no valid headers.")
+    headers: dict[str, str] = {}
+    for name, value in raw_headers.items():
+        lower = name.lower() if isinstance(name, str) else ""
+        if not (
+            _HEADER_NAME.fullmatch(lower)
+            and isinstance(value, str)
+            and _HEADER_VALUE.fullmatch(value)
+        ):
+            raise UnauthenticatedError("The AWS4-IAM proof has a malformed header.")
+        headers[lower] = value
+    return headers
 
 
 # --- the ASGI layer --------------------------------------------------------------------------
