@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import cold_start, deadline, function_cpu, gateway_latency, scale, throughput
+from bench import (
+    auth_cpu,
+    cold_start,
+    deadline,
+    function_cpu,
+    gateway_latency,
+    scale,
+    throughput,
+)
 from bench._lab import Lab
 from bench._wrk import require_wrk
 from bench.report import Section, Table, render
@@ -43,6 +51,7 @@ class Counts:
     scale_large: int
     dynamodb_fill_budget_s: float
     deadline_trials: int
+    auth_requests: int
 
 
 FULL = Counts(
@@ -58,6 +67,7 @@ FULL = Counts(
     scale_large=1_000_000,
     dynamodb_fill_budget_s=300,
     deadline_trials=100,
+    auth_requests=200_000,
 )
 # Every code path of the full run, with counts too small to mean anything: for the smoke test.
 QUICK = Counts(
@@ -73,6 +83,7 @@ QUICK = Counts(
     scale_large=1000,
     dynamodb_fill_budget_s=30,
     deadline_trials=3,
+    auth_requests=4000,
 )
 
 
@@ -101,6 +112,7 @@ BENCHMARKS: dict[str, Callable[[Lab, Counts], Section]] = {
         fill_budget_s=counts.dynamodb_fill_budget_s,
     ),
     "deadline": lambda lab, counts: deadline.run(trials=counts.deadline_trials),
+    "auth-cpu": lambda lab, counts: auth_cpu.run(requests=counts.auth_requests),
 }
 
 

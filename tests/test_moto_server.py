@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import botocore.exceptions
 import pytest
-from conftest import MotoServer
+
+if TYPE_CHECKING:  # at run time, `conftest` may be tests/stack's: only the fixture is needed
+    from conftest import MotoServer
 
 
 def test_moto_server_refuses_a_wrong_signature_and_accepts_temporary_credentials(

@@ -11,7 +11,7 @@
 // where the handler name is Lambda's handler setting (`_HANDLER`, e.g. `index.handler`), just as
 // the Python adapter uses `{module}.{qualname}`.
 
-import { createHash } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 
 const KEY_UNSAFE = /[^A-Za-z0-9._~@=+-]/gu;
 const MAX_PREFIX = 190; // a key is at most 255: less ":" and 64 hex digits
@@ -123,6 +123,8 @@ export class IdemgateClient {
     url = process.env.IDEMGATE_URL,
     namespace = process.env.IDEMGATE_NAMESPACE ?? process.env.AWS_LAMBDA_FUNCTION_NAME,
     token = process.env.IDEMGATE_TOKEN,
+    auth = process.env.IDEMGATE_AUTH ?? "token",
+    serverId = process.env.IDEMGATE_AUTH_SERVER_ID,
     maxCallMs = 3000,
     maxAttempts = 3,
   } = {}) {
@@ -133,7 +135,9 @@ export class IdemgateClient {
     }
     this.recordsUrl = `${url.replace(/\/+$/, "")}/v1/records/${namespace}/`;
     this.headers = { "content-type": "application/json", accept: "application/json" };
-    if (token) this.headers.authorization = `Bearer ${token}`;
+    if (auth === "iam") this.iam = new IamAuthorization({ serverId });
+    else if (auth !== "token") throw new TypeError(`auth must be "token" or "iam", not ${auth}`);
+    else if (token) this.headers.authorization = `Bearer ${token}`;
     this.maxCallMs = maxCallMs;
     this.maxAttempts = maxAttempts;
   }
@@ -177,7 +181,9 @@ export class IdemgateClient {
 
   /** POST, retrying transient failures; every call and every pause ends within the budget. */
   async #post(key, action, body, budget, requestId) {
-    const headers = requestId ? { ...this.headers, "x-request-id": requestId } : this.headers;
+    const headers = { ...this.headers };
+    if (requestId) headers["x-request-id"] = requestId;
+    if (this.iam) headers.authorization = this.iam.header();
     let failure = "no time was left in the invocation's budget";
     let cause;
     for (let attempt = 0; attempt < this.maxAttempts; attempt += 1) {
@@ -327,4 +333,137 @@ export function idempotent(
     }
     return result;
   };
+}
+
+// --- AWS IAM identities: the function's execution role as its credentials -------------------
+//
+// As the Python adapter does (docs/lambda-adapter.md): sign, but never send, an
+// sts:GetCallerIdentity request with the role's credentials and a signed
+// x-idemgate-server-id header, and send it to the gateway as `Authorization: AWS4-IAM
+// <base64 JSON>`. The gateway has STS check it. Signed once, reused for a few minutes.
+
+const GET_CALLER_IDENTITY = "Action=GetCallerIdentity&Version=2011-06-15";
+const IAM_REUSE_MS = 240_000; // the gateway accepts a proof for 300 s by default
+
+// RFC 3986 percent-encoding, as SigV4 asks: everything but A-Z a-z 0-9 - _ . ~
+const percent = (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`;
+const rfc3986 = (text) => encodeURIComponent(text).replace(/[!'()*]/g, percent);
+
+const hmac = (key, text) => createHmac("sha256", key).update(text, "utf8").digest();
+const hex = (data) => createHash("sha256").update(data).digest("hex");
+
+function canonicalQuery(query) {
+  const pairs = query
+    ? query.split("&").map((part) => {
+        const [name, value = ""] = part.split(/=(.*)/s);
+        return [rfc3986(decodeURIComponent(name)), rfc3986(decodeURIComponent(value))];
+      })
+    : [];
+  pairs.sort(([a, x], [b, y]) => (a < b ? -1 : a > b ? 1 : x < y ? -1 : x > y ? 1 : 0));
+  return pairs.map(([name, value]) => `${name}=${value}`).join("&");
+}
+
+/**
+ * AWS Signature Version 4 for a header-signed request: the headers given (names lower-cased)
+ * plus host, x-amz-date, x-amz-security-token (for temporary credentials) and authorization.
+ * Tested against AWS's published test suite and the Python adapter's signer.
+ */
+export function signHeaders({
+  method,
+  url,
+  headers = {},
+  body = "",
+  credentials,
+  region,
+  service,
+  now = new Date(),
+}) {
+  const target = new URL(url);
+  const amzDate = now.toISOString().replace(/[-:]/g, "").replace(/\.\d{3}/, "");
+  const date = amzDate.slice(0, 8);
+  const signed = {};
+  for (const [name, value] of Object.entries(headers)) signed[name.toLowerCase()] = String(value);
+  signed.host = target.host;
+  signed["x-amz-date"] = amzDate;
+  if (credentials.sessionToken) signed["x-amz-security-token"] = credentials.sessionToken;
+  const names = Object.keys(signed).sort();
+  const signedNames = names.join(";");
+  const path = decodeURIComponent(target.pathname || "/").split("/").map(rfc3986).join("/");
+  const canonicalRequest = [
+    method.toUpperCase(),
+    path,
+    canonicalQuery(target.search.replace(/^\?/, "")),
+    names.map((name) => `${name}:${signed[name].trim().split(/\s+/).join(" ")}\n`).join(""),
+    signedNames,
+    hex(body),
+  ].join("\n");
+  const scope = `${date}/${region}/${service}/aws4_request`;
+  const stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, hex(canonicalRequest)].join("\n");
+  const key = [date, region, service, "aws4_request"].reduce(
+    (k, part) => hmac(k, part),
+    `AWS4${credentials.secretKey}`,
+  );
+  const signature = createHmac("sha256", key).update(stringToSign, "utf8").digest("hex");
+  signed.authorization =
+    `AWS4-HMAC-SHA256 Credential=${credentials.accessKey}/${scope}, ` +
+    `SignedHeaders=${signedNames}, Signature=${signature}`;
+  return signed;
+}
+
+/** The credentials Lambda sets for the execution role, or undefined. */
+export function credentialsFromEnvironment(env = process.env) {
+  const { AWS_ACCESS_KEY_ID: accessKey, AWS_SECRET_ACCESS_KEY: secretKey } = env;
+  if (!accessKey || !secretKey) return undefined;
+  return { accessKey, secretKey, sessionToken: env.AWS_SESSION_TOKEN || undefined };
+}
+
+/** `Authorization: AWS4-IAM ...` for this function's role, re-signed before it gets old. */
+export class IamAuthorization {
+  constructor({
+    serverId = process.env.IDEMGATE_AUTH_SERVER_ID,
+    region = process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION,
+    stsUrl = process.env.IDEMGATE_STS_URL,
+    credentials = () => credentialsFromEnvironment(),
+    reuseMs = IAM_REUSE_MS,
+    clock = () => Date.now(),
+  } = {}) {
+    if (!serverId) {
+      throw new TypeError("IAM auth needs the gateway's server id: set IDEMGATE_AUTH_SERVER_ID");
+    }
+    if (!region) throw new TypeError("IAM auth needs the region: set AWS_REGION (Lambda sets it)");
+    if (!credentials()) {
+      throw new TypeError("IAM auth needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+    }
+    Object.assign(this, { serverId, region, credentials, reuseMs, clock });
+    this.stsUrl = stsUrl || `https://sts.${region}.amazonaws.com/`;
+    this.signedAt = -Infinity;
+  }
+
+  header() {
+    const now = this.clock();
+    if (now - this.signedAt >= this.reuseMs) {
+      this.value = `AWS4-IAM ${this.sign(new Date(now))}`;
+      this.signedAt = now;
+    }
+    return this.value;
+  }
+
+  /** The proof: base64 of the signed GetCallerIdentity request, as JSON. */
+  sign(now) {
+    const headers = signHeaders({
+      method: "POST",
+      url: this.stsUrl,
+      headers: {
+        "content-type": "application/x-www-form-urlencoded; charset=utf-8",
+        "x-idemgate-server-id": this.serverId,
+      },
+      body: GET_CALLER_IDENTITY,
+      credentials: this.credentials(),
+      region: this.region,
+      service: "sts",
+      now,
+    });
+    const request = { url: this.stsUrl, headers, body: GET_CALLER_IDENTITY };
+    return Buffer.from(JSON.stringify(request)).toString("base64");
+  }
 }

@@ -23,11 +23,12 @@ SECTIONS = [
     "## 4. Gateway throughput per box",
     "## 5. Scale",
     "## 6. Deadline adherence",
+    "## 7. Authentication CPU per request",
     "## Machine",
     "## Versions",
     "## Commands",
 ]
-TARGET_COUNT = 13
+TARGET_COUNT = 15
 
 
 def _targets(report: str) -> list[list[str]]:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ STOP_TIMEOUT_S = 30.0
 # In compose, the gateway listens on its container's every interface and reaches DynamoDB by
 # service name; on this machine both are loopback.
 LOOPBACK = {"0.0.0.0": "127.0.0.1", "http://dynamodb:8000": "http://127.0.0.1:8000"}
+DEV_TOKEN = re.compile(r"development token[^\n]*: (igt_[A-Za-z0-9_-]{43})\n")
 
 
 def _listening(port: int) -> bool:
@@ -57,33 +61,48 @@ def _on_loopback(value: str) -> str:
     return value
 
 
-def _wait_until_ready(make: subprocess.Popen[bytes]) -> None:
+def _wait_until_ready(make: subprocess.Popen[str], printed: list[str]) -> str:
+    """The development token the stack printed, once its gateway is ready."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         assert make.poll() is None, f"make stack exited with {make.returncode}"
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{GATEWAY}/readyz", timeout=2).status_code == 200:
-                return
+                tokens = DEV_TOKEN.findall("".join(printed))
+                assert len(tokens) == 1, "make stack printed no development token"
+                return tokens[0]
         time.sleep(0.2)
     pytest.fail("make stack did not serve a ready gateway in time")
 
 
+@dataclass
+class Stack:
+    make: subprocess.Popen[str]
+    token: str
+
+
 @pytest.fixture
-def make_stack(root: Path) -> Iterator[subprocess.Popen[bytes]]:
+def make_stack(root: Path) -> Iterator[Stack]:
     """`make stack` running and ready; stopped by the test, killed here only if the test failed."""
     busy = [port for port in STACK_PORTS if _listening(port)]
     assert not busy, f"ports {busy} are taken: stop the other stack or `make run` first"
-    make = subprocess.Popen(["make", "stack"], cwd=root, start_new_session=True)
+    make = subprocess.Popen(
+        ["make", "stack"], cwd=root, start_new_session=True, stdout=subprocess.PIPE, text=True
+    )
+    printed: list[str] = []
+    assert make.stdout is not None
+    # Drained to the end, so the stack never blocks on a full pipe.
+    reader = threading.Thread(target=lambda: printed.extend(make.stdout or ()), daemon=True)
+    reader.start()
     try:
-        _wait_until_ready(make)
-        yield make
+        yield Stack(make, _wait_until_ready(make, printed))
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
 
 
-def _assert_stops_cleanly(make: subprocess.Popen[bytes]) -> None:
+def _assert_stops_cleanly(make: subprocess.Popen[str]) -> None:
     make.wait(STOP_TIMEOUT_S)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while _session_processes(make.pid) and time.monotonic() < deadline:
@@ -93,9 +112,12 @@ def _assert_stops_cleanly(make: subprocess.Popen[bytes]) -> None:
 
 
 def test_stack_serves_a_claim_complete_round_trip_and_ctrl_c_stops_it_all(
-    make_stack: subprocess.Popen[bytes], compose: dict[str, Any]
+    make_stack: Stack, compose: dict[str, Any]
 ) -> None:
-    with httpx.Client(base_url=f"{GATEWAY}/v1/records/stack-test", timeout=5) as http:
+    base = f"{GATEWAY}/v1/records/stack-test"
+    assert httpx.post(f"{base}/order-1/claim", json={}).status_code == 401  # never open
+    authorization = {"Authorization": f"Bearer {make_stack.token}"}
+    with httpx.Client(base_url=base, headers=authorization, timeout=5) as http:
         claimed = http.post("/order-1/claim", json={"fingerprint": "f1"})
         assert claimed.status_code == 201
         completed = http.post(
@@ -109,7 +131,7 @@ def test_stack_serves_a_claim_complete_round_trip_and_ctrl_c_stops_it_all(
         assert replayed.json()["result"] == {"charged": 42}
 
     # The gateway runs the compose gateway's command and environment, on loopback.
-    processes = _session_processes(make_stack.pid)
+    processes = _session_processes(make_stack.make.pid)
     [(pid, argv)] = [(pid, argv) for pid, argv in processes.items() if "serve" in argv]
     gateway = compose["services"]["gateway"]
     script = next(i for i, arg in enumerate(argv) if Path(arg).name == gateway["command"][0])
@@ -120,13 +142,11 @@ def test_stack_serves_a_claim_complete_round_trip_and_ctrl_c_stops_it_all(
     assert any("DynamoDBLocal.jar" in " ".join(argv) for argv in processes.values())
 
     # Ctrl-C in a terminal signals the whole foreground process group.
-    os.killpg(make_stack.pid, signal.SIGINT)
-    _assert_stops_cleanly(make_stack)
+    os.killpg(make_stack.make.pid, signal.SIGINT)
+    _assert_stops_cleanly(make_stack.make)
 
 
-def test_sigterm_to_make_alone_stops_every_process_of_the_stack(
-    make_stack: subprocess.Popen[bytes],
-) -> None:
+def test_sigterm_to_make_alone_stops_every_process_of_the_stack(make_stack: Stack) -> None:
     # `kill <pid of make>`: make passes SIGTERM on to the stack, which stops its children itself.
-    make_stack.terminate()
-    _assert_stops_cleanly(make_stack)
+    make_stack.make.terminate()
+    _assert_stops_cleanly(make_stack.make)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import io
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +167,117 @@ def test_node_and_python_make_the_same_key_and_fingerprint_for_the_same_event(
     record = httpx.get(f"{gateway.url}/v1/records/{namespace}/{report['key']}").json()
     assert record["status"] == "completed"
     assert record["fingerprint"] == report["fingerprint"]
+
+
+SIGNING_CASES = [
+    {"method": "POST", "url": "https://sts.eu-west-1.amazonaws.com/", "body": "Action=x"},
+    {"method": "GET", "url": "https://h.example:8443/a b/c*d?z=1&a=%20&a=0", "body": ""},
+    {"method": "POST", "url": "http://127.0.0.1:5000/", "body": "é", "token": "FQo//session+="},
+]
+
+
+def test_node_signs_exactly_as_the_python_adapter_does(node: str, root: Path) -> None:
+    from lambda_adapter._sigv4 import AwsCredentials, sign_headers
+
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    script = (
+        f"import {{ signHeaders }} from {json.dumps(str(root / 'examples/node/idemgate.mjs'))};"
+        "const cases = JSON.parse(process.env.CASES);"
+        "console.log(JSON.stringify(cases.map((c) => signHeaders({method: c.method, url: c.url,"
+        " body: c.body, headers: {'X-Idemgate-Server-Id': ' gw  1 '},"
+        " credentials: {accessKey: 'AKID', secretKey: 'se/cret', sessionToken: c.token},"
+        " region: 'eu-west-1', service: 'sts', now: new Date(Date.UTC(2026, 0, 2, 3, 4, 5))}))));"
+    )
+    run = subprocess.run(
+        [node, "--input-type=module", "-e", script],
+        env={**os.environ, "CASES": json.dumps(SIGNING_CASES)},
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    for case, node_signed in zip(SIGNING_CASES, json.loads(run.stdout), strict=True):
+        python_signed = sign_headers(
+            method=case["method"],
+            url=case["url"],
+            headers={"X-Idemgate-Server-Id": " gw  1 "},
+            body=case["body"].encode(),
+            credentials=AwsCredentials(
+                access_key="AKID", secret_key="se/cret", session_token=case.get("token")
+            ),
+            region="eu-west-1",
+            service="sts",
+            now=now,
+        )
+        assert node_signed == python_signed
+
+
+NODE_SERVER_ID = "idemgate-node-test"
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    gateway: GatewayServer
+    token: str
+    role: dict[str, str]  # the environment Lambda gives a function of the allowed role
+
+
+@pytest.fixture(scope="module")
+def role_environment(moto_server: Any) -> dict[str, str]:
+    issued = moto_server.temporary_credentials("node-fn-role", actions=["sts:GetCallerIdentity"])
+    return {
+        "AWS_ACCESS_KEY_ID": issued["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": issued["aws_secret_access_key"],
+        "AWS_SESSION_TOKEN": issued["aws_session_token"],
+        "AWS_REGION": moto_server.REGION,
+        "IDEMGATE_STS_URL": f"{moto_server.endpoint_url}/",
+        "IDEMGATE_AUTH_SERVER_ID": NODE_SERVER_ID,
+    }
+
+
+@pytest.fixture(scope="module")
+def authenticated(
+    storage_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    moto_server: Any,
+    role_environment: dict[str, str],
+) -> Iterator[Authenticated]:
+    """A gateway with a token principal and an IAM role principal, checked by moto's STS."""
+    from idemgate._cli import main
+
+    policy = tmp_path_factory.mktemp("node-auth") / "policy.toml"
+    policy.write_text(
+        f'server_id = "{NODE_SERVER_ID}"\n\n[[principals]]\nname = "node-fn"\nrole = "client"\n'
+        'namespaces = ["t-*"]\naws_arn = "arn:aws:sts::*:assumed-role/node-fn-role/*"\n'
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+        create = ["token", "create", "--file", str(policy), "--name", "node-token"]
+        assert main([*create, "--namespaces", "t-*"]) == 0
+    env = {"IDEMGATE_AUTH_FILE": str(policy), "IDEMGATE_STS_URL": f"{moto_server.endpoint_url}/"}
+    with GatewayServer(storage=storage_url, env=env) as server:
+        yield Authenticated(server, printed.getvalue().strip(), role_environment)
+
+
+def test_node_authenticates_with_its_iam_role_or_a_token(
+    node: str,
+    root: Path,
+    authenticated: Authenticated,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    gateway, token, role = authenticated.gateway, authenticated.token, authenticated.role
+    effects = tmp_path / "effects"
+    first = _report(
+        _start_invocation(node, root, gateway, namespace, effects, IDEMGATE_AUTH="iam", **role)
+    )
+    assert first["ran"] is True
+    replay = _report(
+        _start_invocation(node, root, gateway, namespace, effects, IDEMGATE_TOKEN=token)
+    )
+    assert (replay["ran"], replay["result"]) == (False, first["result"])
+    refused = _report(_start_invocation(node, root, gateway, namespace, effects))
+    assert refused["ran"] is False
+    assert "result" not in refused
+    assert len(effects.read_text().splitlines()) == 1

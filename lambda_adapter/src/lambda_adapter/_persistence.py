@@ -10,7 +10,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -21,6 +21,7 @@ from ._exceptions import (
     IdempotencyUnavailableError,
     IdempotencyValidationError,
 )
+from ._iam import IamAuthorization
 from ._incidents import Metric, emit_metric, log_incident
 from ._transport import DeadlineTransport, call_deadline
 
@@ -101,7 +102,9 @@ class GatewayPersistenceLayer:
     Create one per process, outside the handler, so its connections are reused across
     invocations. ``url``, ``namespace`` and ``token`` default to the environment variables
     ``IDEMGATE_URL``, ``IDEMGATE_NAMESPACE`` (else ``AWS_LAMBDA_FUNCTION_NAME``) and
-    ``IDEMGATE_TOKEN``. ``metrics_namespace`` turns on CloudWatch EMF metric lines.
+    ``IDEMGATE_TOKEN``. ``auth="iam"`` proves the function's execution role instead of sending
+    a token (``server_id`` defaults to ``IDEMGATE_AUTH_SERVER_ID``; see docs/lambda-adapter.md).
+    ``metrics_namespace`` turns on CloudWatch EMF metric lines.
     """
 
     def __init__(
@@ -110,6 +113,8 @@ class GatewayPersistenceLayer:
         url: str | None = None,
         namespace: str | None = None,
         token: str | None = None,
+        auth: Literal["token", "iam"] = "token",
+        server_id: str | None = None,
         reserve_ms: int = 500,
         max_call_ms: int = 3000,
         max_attempts: int = 3,
@@ -147,6 +152,12 @@ class GatewayPersistenceLayer:
             headers["authorization"] = f"Bearer {token}"
         # Built once: each request copies it instead of validating a dict again.
         self._headers = httpx.Headers(headers)
+        self._iam: IamAuthorization | None = None
+        if auth == "iam":
+            server_id = server_id or os.environ.get("IDEMGATE_AUTH_SERVER_ID") or ""
+            self._iam = IamAuthorization(server_id=server_id)
+        elif auth != "token":
+            raise ValueError(f"auth must be 'token' or 'iam', not {auth!r}")
         if transport is None:
             # Plain-HTTP gateways (the usual in-VPC case) never pay for an SSL context.
             ssl_context = httpx.create_ssl_context() if base.scheme == "https" else None
@@ -260,7 +271,7 @@ class GatewayPersistenceLayer:
             "POST",
             url,
             content=body,
-            headers=self._headers,
+            headers=self._headers if self._iam is None else self._iam.headers(self._headers),
             extensions={
                 "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
             },

@@ -10,9 +10,17 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from idemgate import __version__
+from idemgate._auth import (
+    AuthGate,
+    IamVerifier,
+    PolicyFile,
+    default_sts_url,
+    document_security,
+)
 from idemgate._observability import RequestContextMiddleware
 from idemgate._problems import (
     body_too_large_response,
+    error_response,
     install_problem_handlers,
     internal_error_response,
 )
@@ -43,6 +51,20 @@ async def _sweep_forever(storage: Storage, interval_s: float) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app; ``settings`` default to the ``IDEMGATE_*`` environment."""
     settings = settings or Settings()
+    policy = (
+        PolicyFile(settings.auth_file, server_id=settings.auth_server_id)
+        if settings.auth_file
+        else None
+    )
+    iam = (
+        IamVerifier(
+            sts_url=settings.sts_url or default_sts_url(),
+            timeout_ms=settings.sts_timeout_ms,
+            max_age_s=settings.iam_max_age_s,
+        )
+        if policy
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             sweeper.cancel()
             await storage.close()
+            if iam is not None:
+                await iam.close()
 
     app = FastAPI(
         title="idemgate",
@@ -64,10 +88,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,  # a path with a trailing slash is not found, not redirected
     )
     app.state.settings = settings
+    if policy is not None:
+        describe = app.openapi
+        app.openapi = lambda: app.openapi_schema or document_security(describe())  # type: ignore[method-assign]
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
     app.include_router(health.router)
     install_problem_handlers(app)
     app.add_middleware(records.RecordsLane)  # inside the request context: added first
+    # Outside the lane, so records calls cannot pass by it; inside the request ID and the log.
+    app.add_middleware(AuthGate, policy=policy, iam=iam, error_response=error_response)
     app.add_middleware(
         RequestContextMiddleware,
         log_requests=settings.access_log,

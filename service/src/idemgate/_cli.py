@@ -1,14 +1,17 @@
-"""The ``idemgate`` command: ``serve`` the gateway, ``create-table`` in DynamoDB."""
+"""The ``idemgate`` command: ``serve`` the gateway, ``create-table`` in DynamoDB, ``token``s."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from idemgate._exceptions import IdemgateError
+from idemgate._exceptions import ConfigurationError, IdemgateError
 from idemgate._settings import Settings
 
 __all__ = ["main"]
@@ -24,12 +27,108 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
     serve.add_argument("--storage", default=defaults.storage, help="storage URL")
     serve.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=defaults.allow_anonymous,
+        help="serve a non-loopback address without a policy file: anyone may call",
+    )
 
     create = commands.add_parser(
         "create-table", help="create the DynamoDB table with TTL on (harmless to repeat)"
     )
     create.add_argument("--storage", default=defaults.storage, help="dynamodb://TABLE?... URL")
+
+    token = commands.add_parser("token", help="bearer tokens in the policy file")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    policy_file = argparse.ArgumentParser(add_help=False)
+    policy_file.add_argument(
+        "--file",
+        type=Path,
+        default=defaults.auth_file,
+        help="the policy file (default: IDEMGATE_AUTH_FILE)",
+    )
+    token_create = token_commands.add_parser(
+        "create", parents=[policy_file], help="add a token; prints it once"
+    )
+    token_create.add_argument("--name", required=True, help="the principal's name, in logs")
+    token_create.add_argument("--role", choices=("client", "admin"), default="client")
+    token_create.add_argument(
+        "--namespaces",
+        required=True,
+        help="comma-separated names or shell patterns, e.g. 'orders,payments-*' or '*'",
+    )
+    token_commands.add_parser(
+        "list", parents=[policy_file], help="names, roles and namespaces (never hashes)"
+    )
+    token_revoke = token_commands.add_parser(
+        "revoke", parents=[policy_file], help="remove a principal"
+    )
+    token_revoke.add_argument("name")
     return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _make_dev_policy() -> None:
+    """A policy of one fresh admin token, in a new private file; the token is printed."""
+    from idemgate._auth import PolicyDocument, PrincipalEntry, dump_policy, new_token, token_sha256
+
+    token = new_token()
+    path = Path(tempfile.mkdtemp(prefix="idemgate-dev-")) / "policy.toml"
+    entry = PrincipalEntry(
+        name="dev", role="admin", namespaces=("*",), token_sha256=token_sha256(token)
+    )
+    dump_policy(PolicyDocument(principals=(entry,)), path)
+    os.environ["IDEMGATE_AUTH_FILE"] = str(path)
+    print(f"idemgate: development token (admin, every namespace, this run only): {token}")
+    print(f'idemgate: curl -H "Authorization: Bearer {token}" ...', flush=True)
+
+
+def _check_access_policy(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The settings once a policy is in place, or open mode is safe or asked for."""
+    from idemgate._auth import load_policy
+
+    if settings.dev_token:
+        if settings.auth_file is not None:
+            raise ConfigurationError(
+                "IDEMGATE_DEV_TOKEN makes its own policy: unset IDEMGATE_AUTH_FILE, or drop "
+                "IDEMGATE_DEV_TOKEN and use `idemgate token create`"
+            )
+        _make_dev_policy()
+        settings = Settings()
+    log = logging.getLogger("idemgate")
+    if settings.auth_file is not None:
+        policy = load_policy(settings.auth_file, server_id=settings.auth_server_id)
+        log.info(
+            "policy %s: %d principals",
+            settings.auth_file,
+            len(policy.document.principals),
+        )
+        return settings
+    if _is_loopback(args.host):
+        log.warning(
+            "no policy file (IDEMGATE_AUTH_FILE): anyone who can reach %s may call; "
+            "fine on loopback, see docs/security.md before serving further",
+            args.host,
+        )
+        return settings
+    if args.allow_anonymous:
+        log.warning("serving %s without a policy: anyone may read and delete records", args.host)
+        return settings
+    raise ConfigurationError(
+        f"refusing to serve {args.host} without a policy: anyone who reaches it could read, "
+        "complete and delete every record. Set IDEMGATE_AUTH_FILE (see docs/security.md; "
+        "`idemgate token create` makes one), or pass --allow-anonymous "
+        "(IDEMGATE_ALLOW_ANONYMOUS=true) to serve it open on purpose"
+    )
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -46,6 +145,7 @@ def _serve(args: argparse.Namespace) -> None:
     from idemgate._observability import configure_logging
 
     configure_logging(settings.log_level)
+    settings = _check_access_policy(args, settings)
     uvicorn.run(
         "idemgate._app:create_app",
         factory=True,
@@ -89,11 +189,63 @@ def _create_table(args: argparse.Namespace) -> None:
     print(f"table {location.table!r} is ready, with TTL on its expiry attribute")
 
 
+def _token(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from idemgate._auth import (
+        PolicyDocument,
+        PrincipalEntry,
+        dump_policy,
+        load_document,
+        new_token,
+        token_sha256,
+        validation_text,
+    )
+
+    path: Path | None = args.file
+    if path is None:
+        raise ConfigurationError("no policy file: set IDEMGATE_AUTH_FILE or pass --file")
+    creating = args.token_command == "create" and not path.exists()
+    document = PolicyDocument() if creating else load_document(path)
+    if args.token_command == "list":
+        for entry in document.principals:
+            kind = "token" if entry.token_sha256 else f"aws {entry.aws_arn}"
+            print(f"{entry.name}\t{entry.role}\t{','.join(entry.namespaces)}\t{kind}")
+        return
+    if args.token_command == "revoke":
+        kept = tuple(e for e in document.principals if e.name != args.name)
+        if len(kept) == len(document.principals):
+            raise ConfigurationError(f"no principal named {args.name!r} in {path}")
+        dump_policy(document.model_copy(update={"principals": kept}), path)
+        print(f"revoked {args.name!r}: gateways stop accepting it within a second or two")
+        return
+    if any(entry.name == args.name for entry in document.principals):
+        raise ConfigurationError(f"{path} already has a principal named {args.name!r}")
+    namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
+    token = new_token()
+    try:
+        entry = PrincipalEntry(
+            name=args.name,
+            role=args.role,
+            namespaces=namespaces,
+            token_sha256=token_sha256(token),
+        )
+    except ValidationError as exc:
+        raise ConfigurationError(f"cannot add {args.name!r}: {validation_text(exc)}") from exc
+    updated = document.model_copy(update={"principals": (*document.principals, entry)})
+    dump_policy(updated, path)
+    print(f"added {args.name!r} ({args.role}: {','.join(namespaces)}) to {path}", file=sys.stderr)
+    print("the token, shown only this once:", file=sys.stderr)
+    print(token)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             _serve(args)
+        elif args.command == "token":
+            _token(args)
         else:
             _create_table(args)
     except IdemgateError as exc:

@@ -5,14 +5,18 @@ The hierarchy::
     IdemgateError
     ├── ProblemError                  an answer to the caller (RFC 9457 problem details)
     │   ├── InvalidRequestError       400 INVALID_REQUEST
+    │   ├── UnauthenticatedError      401 UNAUTHENTICATED (with WWW-Authenticate: Bearer)
+    │   ├── ForbiddenError            403 FORBIDDEN
     │   ├── NotFoundError             404 NOT_FOUND
     │   ├── MethodNotAllowedError     405 METHOD_NOT_ALLOWED
     │   ├── InProgressError           409 IN_PROGRESS (with Retry-After)
     │   ├── LeaseLostError            409 LEASE_LOST
     │   ├── PayloadTooLargeError      413 PAYLOAD_TOO_LARGE
     │   ├── FingerprintMismatchError  422 FINGERPRINT_MISMATCH
-    │   └── StorageUnavailableError   503 STORAGE_UNAVAILABLE (with Retry-After)
-    └── ConfigurationError            bad settings or storage URL, found at start-up
+    │   ├── StorageUnavailableError   503 STORAGE_UNAVAILABLE (with Retry-After)
+    │   └── AuthUnavailableError      503 AUTH_UNAVAILABLE: STS did not answer (with Retry-After)
+    └── ConfigurationError            bad settings, storage URL or policy file
+        └── PolicyError               a policy file that does not parse or is inconsistent
 
 Storage backends translate their drivers' errors into ``StorageUnavailableError`` at one
 boundary each, with ``raise ... from exc``.
@@ -24,8 +28,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 __all__ = [
+    "AuthUnavailableError",
     "ConfigurationError",
     "FingerprintMismatchError",
+    "ForbiddenError",
     "IdemgateError",
     "InProgressError",
     "InvalidRequestError",
@@ -33,8 +39,10 @@ __all__ = [
     "MethodNotAllowedError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PolicyError",
     "ProblemError",
     "StorageUnavailableError",
+    "UnauthenticatedError",
 ]
 
 
@@ -44,6 +52,10 @@ class IdemgateError(Exception):
 
 class ConfigurationError(IdemgateError):
     """The settings or the storage URL cannot work."""
+
+
+class PolicyError(ConfigurationError):
+    """The policy file (``IDEMGATE_AUTH_FILE``) does not parse or contradicts itself."""
 
 
 class ProblemError(IdemgateError):
@@ -87,6 +99,17 @@ class InvalidRequestError(ProblemError):
 
     def extra_members(self) -> dict[str, Any]:
         return {"errors": self.errors} if self.errors else {}
+
+
+class UnauthenticatedError(ProblemError):
+    status, code, title = 401, "UNAUTHENTICATED", "Unauthenticated"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ForbiddenError(ProblemError):
+    status, code, title = 403, "FORBIDDEN", "Forbidden"
 
 
 class NotFoundError(ProblemError):
@@ -141,6 +164,13 @@ class FingerprintMismatchError(ProblemError):
 
 class StorageUnavailableError(ProblemError):
     status, code, title = 503, "STORAGE_UNAVAILABLE", "Storage unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class AuthUnavailableError(ProblemError):
+    status, code, title = 503, "AUTH_UNAVAILABLE", "Identity check unavailable"
 
     def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})

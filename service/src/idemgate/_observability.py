@@ -204,6 +204,7 @@ class RequestContextMiddleware:
                         "path": scope["path"],
                         "status": status,
                         "outcome": outcome,
+                        "principal": scope["state"].get("principal"),
                         "duration_ms": round(elapsed * 1000, 3),
                     }
                 },

@@ -24,6 +24,7 @@ from idemgate._observability import current_request_id, record_storage_error
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "body_too_large_response",
+    "error_response",
     "install_problem_handlers",
     "internal_error_response",
     "problem_response",
@@ -62,6 +63,11 @@ def problem_response(request: Request, error: ProblemError) -> Response:
     if isinstance(error, StorageUnavailableError):
         logger.warning("storage unavailable: %s", error.detail)
         record_storage_error(records_of(request).storage.name)
+    return error_response(error)
+
+
+def error_response(error: ProblemError) -> Response:
+    """The problem-details answer of ``error``, for callers outside FastAPI's handlers."""
     return _problem(
         error.status,
         error.code,

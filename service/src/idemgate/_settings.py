@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -33,3 +34,11 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    # Who may call (docs/security.md): no policy file means open, on a loopback host only.
+    auth_file: Path | None = None
+    allow_anonymous: bool = False
+    dev_token: bool = False
+    auth_server_id: str | None = Field(default=None, min_length=1, max_length=256)
+    sts_url: str | None = None
+    sts_timeout_ms: int = Field(default=2000, ge=1)
+    iam_max_age_s: int = Field(default=300, ge=30, le=900)

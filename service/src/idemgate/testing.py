@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 __all__ = [
     "DelayingProxy",
@@ -223,8 +223,10 @@ class GatewayServer:
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         ready_path: str = "/readyz",
+        stderr: IO[bytes] | None = None,
     ) -> None:
         self.storage = storage
+        self.stderr = stderr  # where its log lines go: the test's own stderr by default
         self.ready_path = ready_path
         self.port = port or free_port()
         self.workers = workers
@@ -256,7 +258,7 @@ class GatewayServer:
             str(self.workers),
             *self.extra_args,
         ]
-        self._process = subprocess.Popen(command, env=self.env)
+        self._process = subprocess.Popen(command, env=self.env, stderr=self.stderr)
         try:
             self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
         except BaseException:
