@@ -11,7 +11,7 @@ Powertools' names are here too (``DynamoDBPersistenceLayer``, the serializers, t
 so a migration changes the import lines only. See docs/lambda-adapter.md.
 """
 
-from ._config import DataRecord, IdempotencyConfig, LambdaContext
+from ._config import DataRecord, IdempotencyConfig, IdempotentHookFunction, LambdaContext
 from ._exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyError,
@@ -66,6 +66,7 @@ __all__ = [
     "IdempotencyResultNotStoredError",
     "IdempotencyUnavailableError",
     "IdempotencyValidationError",
+    "IdempotentHookFunction",
     "LambdaContext",
     "NoOpSerializer",
     "PydanticSerializer",

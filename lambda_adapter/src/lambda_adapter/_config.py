@@ -12,7 +12,14 @@ from ._exceptions import IdempotencyUnavailableError
 if TYPE_CHECKING:
     from ._jmespath import Expression
 
-__all__ = ["DataRecord", "IdempotencyConfig", "LambdaContext", "OnUnavailable", "ResponseHook"]
+__all__ = [
+    "DataRecord",
+    "IdempotencyConfig",
+    "IdempotentHookFunction",
+    "LambdaContext",
+    "OnUnavailable",
+    "ResponseHook",
+]
 
 _MAX_TTL_S = 2_592_000  # the gateway's limit: 30 days
 _MAX_LEASE_MS = 900_000  # the gateway's limit, and Lambda's: 15 minutes
@@ -65,6 +72,7 @@ class DataRecord:
 
 
 ResponseHook: TypeAlias = Callable[[Any, DataRecord], Any]
+IdempotentHookFunction = ResponseHook  # Powertools' name
 Fallback: TypeAlias = Callable[[Any, "LambdaContext | None", IdempotencyUnavailableError], Any]
 OnUnavailable: TypeAlias = Literal["fail_closed", "fail_open"] | Fallback
 
