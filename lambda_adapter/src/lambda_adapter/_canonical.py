@@ -1,8 +1,9 @@
 """Canonical JSON: one byte string per JSON value, reproducible in any language.
 
-The rules are RFC 8785 (JCS), so Node's and Java's JCS libraries agree with it, plus one
-extension: integers too large for a double keep all their digits instead of being rounded (two
-distinct order numbers must never share an idempotency key). docs/lambda-adapter.md states the
+The rules are RFC 8785 (JCS), so Node's and Java's JCS libraries agree with it, plus two
+extensions: integers too large for a double keep all their digits instead of being rounded (two
+distinct order numbers must never share an idempotency key), and a ``Decimal`` is the number it
+spells, with all its digits. docs/lambda-adapter.md states the
 rules; docs/canonical-json-vectors.json holds the vectors every client is tested against.
 """
 
