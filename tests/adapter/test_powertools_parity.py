@@ -33,6 +33,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import 
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import (
     PydanticSerializer,
 )
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import lambda_adapter
 from idemgate.testing import DynamoDBLocal, GatewayServer
@@ -82,6 +83,7 @@ def libraries(
             PydanticSerializer=PydanticSerializer,
             CustomDictSerializer=CustomDictSerializer,
             errors=powertools_errors,
+            LambdaContext=LambdaContext,
             nonce=nonce,
             store=lambda: powertools.DynamoDBPersistenceLayer(
                 table_name=powertools_table, boto3_client=client
@@ -96,6 +98,7 @@ def libraries(
             PydanticSerializer=lambda_adapter.PydanticSerializer,
             CustomDictSerializer=lambda_adapter.CustomDictSerializer,
             errors=lambda_adapter,
+            LambdaContext=lambda_adapter.LambdaContext,
             nonce=nonce,
             store=lambda: lambda_adapter.DynamoDBPersistenceLayer(table_name=namespace),
         ),
@@ -139,7 +142,7 @@ def test_the_getting_started_example(libraries: tuple[Library, Library]) -> None
         persistence_layer = lib.store()
 
         @lib.idempotent(persistence_store=persistence_layer)
-        def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+        def lambda_handler(event: dict[str, Any], context: lib.LambdaContext) -> dict[str, Any]:  # type: ignore[name-defined]
             runs.append(1)
             return {"payment_id": "p-1", "message": "success", "statusCode": 200}
 

@@ -16,6 +16,7 @@ from lambda_adapter import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfig,
     idempotent,
+    idempotent_function,
 )
 from lambda_adapter._transport import DeadlineTransport
 from lambda_adapter.testing import FakeLambdaContext
@@ -143,3 +144,19 @@ def test_a_durable_first_invocation_that_finishes_is_replayed(
     assert handler({"id": 2}, durable_context("EXECUTION", "STEP")) == "done"
     assert handler({"id": 2}, FakeLambdaContext()) == "done"
     assert runs == [1]
+
+
+def test_a_registered_durable_context_gives_its_lambda_context(
+    store: GatewayPersistenceLayer,
+) -> None:
+    config = IdempotencyConfig()
+    durable = durable_context("EXECUTION")
+    config.register_lambda_context(durable)  # type: ignore[arg-type]
+    assert config.lambda_context is durable.lambda_context
+    charge = idempotent_function(
+        lambda order: {"charged": order["id"]},
+        data_keyword_argument="order",
+        config=config,
+        persistence_store=store,
+    )
+    assert charge(order={"id": 1}) == charge(order={"id": 1}) == {"charged": 1}

@@ -141,9 +141,10 @@ class IdempotencyConfig:
     def register_lambda_context(self, lambda_context: LambdaContext) -> None:
         """Give ``idempotent_function`` the invocation's deadline, request ID and name.
 
-        ``@idempotent`` does this itself for the config it is given.
+        ``@idempotent`` does this itself for the config it is given. A durable function's
+        ``DurableContext`` gives its ``lambda_context``.
         """
-        self.lambda_context = lambda_context
+        self.lambda_context = getattr(lambda_context, "lambda_context", None) or lambda_context
 
 
 def _compile(expression: str | None, options: dict[str, Any] | None) -> Expression | None:

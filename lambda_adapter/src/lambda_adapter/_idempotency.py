@@ -259,7 +259,8 @@ class _Guard:
             outcome = self._claim(key, fingerprint, invocation, durable_replay)
             if isinstance(outcome, Replayed):
                 if self._cache is not None:
-                    self._cache.put(key, fingerprint, encode_result(outcome.result), None)
+                    result_json = encode_result(outcome.result)
+                    self._cache.put(key, fingerprint, result_json, outcome.expires_at_s)
                 return self._replayed(
                     key, fingerprint, outcome.result, outcome.expires_at_s, invocation
                 )
