@@ -375,7 +375,9 @@ class _Guard:
         if config.on_unavailable != "fail_closed":
             # Falling back must still leave the work its time.
             invocation = invocation.share(config.claim_time_share)
-        wait_until = time.monotonic() + config.wait_for_result_ms / 1000
+        # A durable replay's holder is its own execution: there is nothing to wait for.
+        wait_s = 0 if durable_replay else config.wait_for_result_ms / 1000
+        wait_until = time.monotonic() + wait_s
         poll = 0
         while True:
             wait_ms = max(0, int((wait_until - time.monotonic()) * 1000))
