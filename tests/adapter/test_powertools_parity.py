@@ -22,7 +22,13 @@ import boto3
 import pydantic
 import pytest
 from aws_lambda_powertools.utilities import idempotency as powertools
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import exceptions as powertools_errors
 from aws_lambda_powertools.utilities.idempotency.serialization.custom_dict import (
     CustomDictSerializer,
@@ -465,3 +471,48 @@ def test_difference_falsy_results_replay_exactly(
     powertools_outcome, idemgate_outcome = both(libraries, scenario)
     assert powertools_outcome == [result, None]
     assert idemgate_outcome == [result, result]
+
+
+def _sqs_record(message_id: str, body: str) -> dict[str, Any]:
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"handle-{message_id}",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1700000000000"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:orders",
+        "awsRegion": "us-east-1",
+    }
+
+
+def test_the_sqs_batch_integration(libraries: tuple[Library, Library]) -> None:
+    def scenario(lib: Library) -> Any:
+        processor = BatchProcessor(event_type=EventType.SQS)
+        config = lib.IdempotencyConfig(event_key_jmespath="messageId")
+        runs: list[str] = []
+
+        @lib.idempotent_function(
+            data_keyword_argument="record", config=config, persistence_store=lib.store()
+        )
+        def record_handler(record: SQSRecord) -> dict[str, str]:
+            runs.append(record.body)
+            return {"message": record.body}
+
+        def lambda_handler(event: dict[str, Any], context: Any) -> Any:
+            config.register_lambda_context(context)
+            return process_partial_response(
+                event=event, record_handler=record_handler, processor=processor, context=context
+            )
+
+        event = {
+            "Records": [_sqs_record(f"{lib.nonce}-{n}", f"order {n}") for n in (1, 2)],
+        }
+        outcomes = [lambda_handler(event, FakeLambdaContext()) for _ in range(2)]
+        return outcomes, sorted(runs)
+
+    assert same(libraries, scenario) == (
+        [{"batchItemFailures": []}] * 2,
+        ["order 1", "order 2"],
+    )
