@@ -9,10 +9,12 @@ VENV := .venv
 DDB_LOCAL_VERSION := 11.1.0
 DDB_LOCAL_DIR := .cache/dynamodb-local
 DDB_LOCAL_STAMP := $(DDB_LOCAL_DIR)/.installed-$(DDB_LOCAL_VERSION)
+LAYER_DIR := build/layer
+VENV_PYTHON := $(abspath $(VENV))/bin/python
 
 export IDEMGATE_DYNAMODB_LOCAL_DIR := $(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: help run test lint typecheck pytest stack soak bench clean wrk
+.PHONY: help run test lint typecheck pytest stack soak bench clean wrk layer
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8080 (embedded SQLite)"
@@ -20,6 +22,7 @@ help:
 	@echo "make stack  DynamoDB Local + table + gateway, without Docker (Ctrl-C stops all)"
 	@echo "make soak   exactly-once under chaos: 10,000 events, killed replicas, slow storage"
 	@echo "make bench  the benchmark suite; writes docs/performance.md"
+	@echo "make layer  build/layer/idemgate-lambda-layer.zip: the Python adapter as a Lambda layer"
 
 $(UV_BOOTSTRAP):
 	$(PYTHON) -m venv .tools
@@ -67,4 +70,24 @@ bench: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk
 	$(VENV)/bin/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .cache .pytest_cache .mypy_cache .ruff_cache build
+
+# The adapter and its locked dependencies in a layer's python/ folder. All of it is pure Python,
+# so one zip serves Python 3.11 to 3.13 on x86_64 and arm64; a compiled file fails the build.
+layer: $(VENV)/.synced
+	rm -rf $(LAYER_DIR) && mkdir -p $(LAYER_DIR)
+	$(UV) export --quiet --locked --package idemgate-lambda --no-dev --no-emit-workspace \
+	  --no-hashes --no-annotate --no-header -o $(LAYER_DIR)/requirements.txt
+	$(UV) pip install --quiet --no-deps --only-binary :all: --python-version 3.11 \
+	  --target $(LAYER_DIR)/python -r $(LAYER_DIR)/requirements.txt
+	$(UV) pip install --quiet --no-deps --python-version 3.11 --target $(LAYER_DIR)/python ./lambda_adapter
+	@if find $(LAYER_DIR)/python -name '*.so' -o -name '*.pyd' | grep -q .; then \
+	  echo "error: a compiled file in the layer: it must be pure Python" >&2; exit 1; fi
+	rm -rf $(LAYER_DIR)/python/bin && find $(LAYER_DIR)/python -name __pycache__ -prune -exec rm -rf {} +
+	@# The layer alone must import and build a store: no site-packages, nothing from the venv.
+	cd $(LAYER_DIR) && $(VENV_PYTHON) -S -B -c "import sys; sys.path.insert(0, __import__('os').path.abspath('python')); \
+	  import lambda_adapter; lambda_adapter.GatewayPersistenceLayer(url='http://127.0.0.1:9', namespace='n'); \
+	  assert lambda_adapter.__file__.startswith(sys.path[0]), lambda_adapter.__file__"
+	cd $(LAYER_DIR) && find python -exec touch -h -d @315532800 {} + \
+	  && find python -type f | LC_ALL=C sort | zip -qX9 idemgate-lambda-layer.zip -@
+	@echo "$(LAYER_DIR)/idemgate-lambda-layer.zip: $$(stat -c %s $(LAYER_DIR)/idemgate-lambda-layer.zip) bytes"

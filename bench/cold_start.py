@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench._lab import Lab
 from bench._stats import ms, ratio_text, summarize
@@ -22,11 +23,18 @@ __all__ = ["run"]
 BARE = "interpreter only"
 ADAPTER = "idemgate adapter"
 POWERTOOLS = "Powertools"
+LAYER_DIR = Path("build/layer")
+LAYER_ZIP = LAYER_DIR / "idemgate-lambda-layer.zip"
+_ADAPTER_CODE = (
+    "import lambda_adapter; "
+    'lambda_adapter.GatewayPersistenceLayer(url="http://127.0.0.1:8080", namespace="cold")'
+)
 CASES = {
     BARE: "pass",
-    ADAPTER: (
-        "import lambda_adapter; "
-        'lambda_adapter.GatewayPersistenceLayer(url="http://127.0.0.1:8080", namespace="cold")'
+    ADAPTER: _ADAPTER_CODE,
+    # What a function using the layer loads: the layer's files ahead of everything else.
+    "idemgate adapter, from its layer": (
+        f"import sys; sys.path.insert(0, {str(LAYER_DIR / 'python')!r}); {_ADAPTER_CODE}"
     ),
     POWERTOOLS: (
         "from aws_lambda_powertools.utilities.idempotency import "
@@ -45,7 +53,16 @@ def _spawn_time(code: str) -> float:
     return time.perf_counter() - started
 
 
+def _layer_size() -> tuple[int, int]:
+    """The layer's zip size and unzipped size, in bytes, after building it afresh."""
+    subprocess.run(["make", "--quiet", "layer"], check=True, stdout=subprocess.DEVNULL)
+    unzipped = sum(f.stat().st_size for f in (LAYER_DIR / "python").rglob("*") if f.is_file())
+    return LAYER_ZIP.stat().st_size, unzipped
+
+
 def run(lab: Lab, *, repeats: int) -> Section:
+    zipped, unzipped = _layer_size()
+    lab.commands.append("make layer")
     for code in CASES.values():  # warm the page cache and the .pyc files; discarded
         _spawn_time(code)
     samples: dict[str, list[float]] = {name: [] for name in CASES}
@@ -83,6 +100,10 @@ def run(lab: Lab, *, repeats: int) -> Section:
                 ],
                 rows,
             )
+        ],
+        notes=[
+            f"The Lambda layer (`make layer`: the adapter and its dependencies, pure Python) is "
+            f"{zipped / 1024:.0f} KiB zipped, {unzipped / 1024:.0f} KiB unzipped."
         ],
         targets=[
             Target(

@@ -186,29 +186,53 @@ def test_a_failing_handler_releases_its_claim() -> None:
 @pytest.mark.parametrize(
     ("result", "complete", "reason"),
     [
-        ({"huge": "x"}, [problem(413, "PAYLOAD_TOO_LARGE")], "PAYLOAD_TOO_LARGE"),
-        ({"stale": True}, [problem(409, "LEASE_LOST")], "LEASE_LOST"),
-        ({1, 2}, [], "not JSON serializable"),
-        (float("nan"), [], "Out of range float"),
+        ({"huge": "x"}, [problem(413, "PAYLOAD_TOO_LARGE"), COMPLETED], "PAYLOAD_TOO_LARGE"),
+        ({1, 2}, [COMPLETED], "not JSON serializable"),
+        (float("nan"), [COMPLETED], "Out of range float"),
+        ("é" * 100, [COMPLETED], "more than 150"),
     ],
-    ids=["too-large", "lease-lost", "not-json", "nan"],
+    ids=["refused-by-the-gateway", "not-json", "nan", "over-the-limit"],
 )
-def test_a_result_that_cannot_be_stored_is_still_returned(
+def test_a_result_that_cannot_be_stored_completes_with_a_marker(
     result: Any,
     complete: list[httpx.Response],
     reason: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gateway = Gateway(claim=[CLAIMED], complete=complete)
-    handler, _ = handler_on(gateway, result=result)
+    handler, _ = handler_on(gateway, result=result, max_result_bytes=150)
     context = FakeLambdaContext()
     assert handler({"id": 1}, context) is result
+    marker = gateway.body(len(gateway.requests) - 1)["result"]
+    assert list(marker) == ["idemgate:result_not_stored"]
+    assert reason in marker["idemgate:result_not_stored"]["reason"]
     [record] = [r for r in caplog.records if r.name == "lambda_adapter"]
     incident = json.loads(record.message)
-    assert (incident["incident"], incident["level"]) == ("complete_failed", "ERROR")
+    assert (incident["incident"], incident["level"]) == ("result_not_stored", "ERROR")
     assert reason in incident["message"]
     assert incident["request_id"] == context.aws_request_id
     assert incident["key"].endswith(hashlib.sha256(b'{"id":1}').hexdigest())
+
+
+def test_a_result_is_sent_as_utf8_and_measured_in_its_bytes() -> None:
+    gateway = Gateway(claim=[CLAIMED], complete=[COMPLETED])
+    handler, _ = handler_on(gateway, result="é" * 70, max_result_bytes=150)
+    handler({"id": 1}, FakeLambdaContext())
+    # 142 bytes as UTF-8 JSON (under the limit); 422 had it been sent escaped.
+    assert gateway.requests[1].content.endswith(('"result":"' + "é" * 70 + '"}').encode())
+
+
+def test_a_result_the_gateway_cannot_take_at_all_is_an_incident(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = Gateway(claim=[CLAIMED], complete=[problem(409, "LEASE_LOST")])
+    handler, _ = handler_on(gateway, result={"stale": True})
+    assert handler({"id": 1}, FakeLambdaContext()) == {"stale": True}
+    assert gateway.actions() == ["claim", "complete"]
+    [record] = [r for r in caplog.records if r.name == "lambda_adapter"]
+    incident = json.loads(record.message)
+    assert (incident["incident"], incident["level"]) == ("complete_failed", "ERROR")
+    assert "LEASE_LOST" in incident["message"]
 
 
 def test_the_local_cache_replays_without_a_call_and_checks_the_fingerprint() -> None:
@@ -323,8 +347,8 @@ def test_idempotent_function_keys_on_a_dataclass_and_leases_by_default() -> None
     assert (
         gateway.requests[0].url.path.split(":")[-1].startswith(hashlib.sha256(b'"o-1"').hexdigest())
     )
-    with pytest.raises(TypeError, match="order="):
-        charge(Order("o-1", 10))
+    with pytest.raises(RuntimeError, match="order="):
+        charge(Order("o-1", 10))  # type: ignore[call-arg]
 
 
 def test_idempotent_function_leases_the_registered_invocation_time() -> None:

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,34 @@ VECTORS = Path(__file__).parents[2] / "docs" / "canonical-json-vectors.json"
 
 def test_the_public_names_are_pinned() -> None:
     assert sorted(lambda_adapter.__all__) == [
+        "BaseIdempotencyModelSerializer",
+        "BaseIdempotencySerializer",
+        "CustomDictSerializer",
+        "DataRecord",
+        "DataclassSerializer",
+        "DynamoDBPersistenceLayer",
         "GatewayPersistenceLayer",
         "IdempotencyAlreadyInProgressError",
         "IdempotencyConfig",
         "IdempotencyError",
+        "IdempotencyInconsistentStateError",
+        "IdempotencyInvalidStatusError",
+        "IdempotencyItemAlreadyExistsError",
+        "IdempotencyItemNotFoundError",
         "IdempotencyKeyError",
+        "IdempotencyModelTypeError",
+        "IdempotencyNoSerializationModelError",
+        "IdempotencyPersistenceConfigError",
+        "IdempotencyPersistenceConnectionError",
+        "IdempotencyPersistenceConsistencyError",
+        "IdempotencyPersistenceLayerError",
+        "IdempotencyResultNotStoredError",
         "IdempotencyUnavailableError",
         "IdempotencyValidationError",
+        "IdempotentHookFunction",
+        "LambdaContext",
+        "NoOpSerializer",
+        "PydanticSerializer",
         "idempotent",
         "idempotent_function",
     ]
@@ -169,3 +191,70 @@ def test_lone_surrogates_are_escaped_as_javascript_does() -> None:
 def test_values_without_a_json_form_are_refused(value: Any) -> None:
     with pytest.raises((TypeError, ValueError)):
         canonical_json(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (Decimal("10"), b"10"),
+        (Decimal("10.00"), b"10"),
+        (Decimal("1E+25"), b"10000000000000000000000000"),
+        (Decimal("1.50"), b"1.5"),
+        (Decimal("-0.000001"), b"-0.000001"),
+        (Decimal("1E-7"), b"1e-7"),
+        (Decimal("123.456E+30"), b"123456000000000000000000000000000"),
+        (Decimal("-1.5E-30"), b"-1.5e-30"),
+        (Decimal("0.10000000000000000001"), b"0.10000000000000000001"),
+    ],
+)
+def test_decimals_are_numbers_with_all_their_digits(value: Decimal, expected: bytes) -> None:
+    assert canonical_json({"n": value}) == b'{"n":' + expected + b"}"
+
+
+@pytest.mark.parametrize("number", [0.1, 1.5, -2.25e-9, 1.5e-300, 123456.789])
+def test_a_decimal_keys_as_the_float_it_spells(number: float) -> None:
+    assert canonical_json(Decimal(repr(number))) == canonical_json(number)
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-sNaN")])
+def test_decimals_without_a_json_form_are_refused(value: Decimal) -> None:
+    with pytest.raises(ValueError, match="not a JSON number"):
+        canonical_json(value)
+
+
+def test_powertools_exception_names_catch_ours() -> None:
+    unavailable = IdempotencyUnavailableError("down")
+    assert isinstance(unavailable, lambda_adapter.IdempotencyPersistenceLayerError)
+    assert isinstance(unavailable, lambda_adapter.IdempotencyPersistenceConnectionError)
+    assert issubclass(lambda_adapter.IdempotencyResultNotStoredError, IdempotencyError)
+    for name in lambda_adapter.__all__:
+        if name.endswith("Error"):
+            assert issubclass(getattr(lambda_adapter, name), IdempotencyError), name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"claim_time_share": 0}, {"claim_time_share": 1.5}, {"wait_for_result_ms": -1}],
+    ids=repr,
+)
+def test_new_config_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(options))):
+        IdempotencyConfig(**options)
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "a#b", "x" * 191])
+def test_a_key_prefix_outside_the_key_alphabet_is_refused(prefix: str) -> None:
+    store = GatewayPersistenceLayer(url="http://127.0.0.1:9", namespace="n")
+    with pytest.raises(ValueError, match="key_prefix"):
+        lambda_adapter.idempotent(persistence_store=store, key_prefix=prefix)(lambda e, c: None)
+
+
+def test_the_powertools_store_name_maps_its_table_to_a_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IDEMGATE_URL", "http://gateway.internal:8080")
+    monkeypatch.delenv("IDEMGATE_NAMESPACE", raising=False)
+    store = lambda_adapter.DynamoDBPersistenceLayer("IdempotencyTable", "id", None, "sk")
+    assert (store.namespace, store.url) == ("IdempotencyTable", "http://gateway.internal:8080")
+    monkeypatch.setenv("IDEMGATE_NAMESPACE", "orders")
+    assert lambda_adapter.DynamoDBPersistenceLayer(table_name="t").namespace == "orders"

@@ -81,7 +81,9 @@ def test_completed_results_are_replayed_exactly(
         "result": result,
         "attempt": 1,
         "completed_at": completed.json()["completed_at"],
+        "expires_at": completed.json()["expires_at"],
     }
+    assert completed.json()["expires_at"] == client.get(record_path).json()["expires_at"]
     assert client.get(record_path).json()["result"] == result
 
 

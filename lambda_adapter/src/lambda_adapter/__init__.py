@@ -7,28 +7,69 @@
     @idempotent(persistence_store=store, config=IdempotencyConfig(event_key_jmespath="id"))
     def handler(event, context): ...
 
-See docs/lambda-adapter.md.
+Powertools' names are here too (``DynamoDBPersistenceLayer``, the serializers, the exceptions),
+so a migration changes the import lines only. See docs/lambda-adapter.md.
 """
 
-from ._config import IdempotencyConfig
+from ._config import DataRecord, IdempotencyConfig, IdempotentHookFunction, LambdaContext
 from ._exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyError,
+    IdempotencyInconsistentStateError,
+    IdempotencyInvalidStatusError,
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
     IdempotencyKeyError,
+    IdempotencyModelTypeError,
+    IdempotencyNoSerializationModelError,
+    IdempotencyPersistenceConfigError,
+    IdempotencyPersistenceConnectionError,
+    IdempotencyPersistenceConsistencyError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyResultNotStoredError,
     IdempotencyUnavailableError,
     IdempotencyValidationError,
 )
 from ._idempotency import idempotent, idempotent_function
-from ._persistence import GatewayPersistenceLayer
+from ._persistence import DynamoDBPersistenceLayer, GatewayPersistenceLayer
+from ._serialization import (
+    BaseIdempotencyModelSerializer,
+    BaseIdempotencySerializer,
+    CustomDictSerializer,
+    DataclassSerializer,
+    NoOpSerializer,
+    PydanticSerializer,
+)
 
 __all__ = [
+    "BaseIdempotencyModelSerializer",
+    "BaseIdempotencySerializer",
+    "CustomDictSerializer",
+    "DataRecord",
+    "DataclassSerializer",
+    "DynamoDBPersistenceLayer",
     "GatewayPersistenceLayer",
     "IdempotencyAlreadyInProgressError",
     "IdempotencyConfig",
     "IdempotencyError",
+    "IdempotencyInconsistentStateError",
+    "IdempotencyInvalidStatusError",
+    "IdempotencyItemAlreadyExistsError",
+    "IdempotencyItemNotFoundError",
     "IdempotencyKeyError",
+    "IdempotencyModelTypeError",
+    "IdempotencyNoSerializationModelError",
+    "IdempotencyPersistenceConfigError",
+    "IdempotencyPersistenceConnectionError",
+    "IdempotencyPersistenceConsistencyError",
+    "IdempotencyPersistenceLayerError",
+    "IdempotencyResultNotStoredError",
     "IdempotencyUnavailableError",
     "IdempotencyValidationError",
+    "IdempotentHookFunction",
+    "LambdaContext",
+    "NoOpSerializer",
+    "PydanticSerializer",
     "idempotent",
     "idempotent_function",
 ]

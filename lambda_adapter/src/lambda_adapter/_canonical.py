@@ -1,8 +1,9 @@
 """Canonical JSON: one byte string per JSON value, reproducible in any language.
 
-The rules are RFC 8785 (JCS), so Node's and Java's JCS libraries agree with it, plus one
-extension: integers too large for a double keep all their digits instead of being rounded (two
-distinct order numbers must never share an idempotency key). docs/lambda-adapter.md states the
+The rules are RFC 8785 (JCS), so Node's and Java's JCS libraries agree with it, plus two
+extensions: integers too large for a double keep all their digits instead of being rounded (two
+distinct order numbers must never share an idempotency key), and a ``Decimal`` is the number it
+spells, with all its digits. docs/lambda-adapter.md states the
 rules; docs/canonical-json-vectors.json holds the vectors every client is tested against.
 """
 
@@ -61,7 +62,27 @@ def _write(value: Any, parts: list[str]) -> None:
             _write(item, parts)
         parts.append("]")
     else:
+        parts.append(_decimal(value))
+
+
+def _decimal(value: Any) -> str:
+    """A ``Decimal`` (boto3's DynamoDB numbers) as the number it is, keeping all its digits."""
+    # Imported here: decimal is only needed for the odd key, not at every cold start.
+    from decimal import Decimal
+
+    if not isinstance(value, Decimal):
         raise TypeError(f"{type(value).__name__} is not a JSON value")
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a JSON number")
+    if value == value.to_integral_value():
+        return str(int(value))  # as an int: Decimal(10) and 10 are one key
+    sign, digit_tuple, exponent = value.as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    # value = 0.DIGITS x 10**point, as in _number
+    point = len(digits) + int(exponent)
+    stripped = digits.lstrip("0")
+    point -= len(digits) - len(stripped)
+    return _format("-" if sign else "", stripped.rstrip("0"), point)
 
 
 def _utf16_order(key: object) -> bytes:
@@ -89,8 +110,11 @@ def _number(value: float) -> str:
     digits = (whole + fraction).lstrip("0")
     # value = 0.DIGITS x 10**point
     point = len(whole) + int(exponent or 0) - (len(whole + fraction) - len(digits))
-    digits = digits.rstrip("0")
-    sign = "-" if value < 0 else ""
+    return _format("-" if value < 0 else "", digits.rstrip("0"), point)
+
+
+def _format(sign: str, digits: str, point: int) -> str:
+    """ECMAScript's layout of the number ``sign`` 0.``digits`` x 10**``point``."""
     count = len(digits)
     if count <= point <= 21:
         return sign + digits + "0" * (point - count)

@@ -1,10 +1,20 @@
-"""Every exception the adapter raises.
+"""Every exception the adapter raises, and the Powertools names users already catch.
 
-IdempotencyError                       the base: catch this to catch them all
-├── IdempotencyKeyError                no key data in the event, or data that is not JSON
-├── IdempotencyAlreadyInProgressError  another invocation holds the key right now
-├── IdempotencyValidationError         same key, different payload (fingerprint mismatch)
-└── IdempotencyUnavailableError        the gateway could not answer within the budget
+IdempotencyError                            the base: catch this to catch them all
+├── IdempotencyKeyError                     no key data in the event, or data that is not JSON
+├── IdempotencyAlreadyInProgressError       another invocation holds the key right now
+├── IdempotencyValidationError              same key, different payload (fingerprint mismatch)
+├── IdempotencyResultNotStoredError         the work ran before, but its result was not stored
+├── IdempotencyPersistenceLayerError        the gateway refused a request (``code`` says why)
+│   └── IdempotencyUnavailableError         the gateway could not answer within the budget
+│       (also an IdempotencyPersistenceConnectionError)
+├── IdempotencyPersistenceConnectionError
+├── IdempotencyNoSerializationModelError    output_serializer found no return type to build
+├── IdempotencyModelTypeError               that return type is not a dataclass or model
+└── never raised, kept so Powertools ``except`` clauses still import:
+    IdempotencyInconsistentStateError, IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError, IdempotencyInvalidStatusError,
+    IdempotencyPersistenceConfigError, IdempotencyPersistenceConsistencyError
 
 Each carries ``code`` (stable, machine-readable), ``request_id`` (the invocation's
 ``aws_request_id``) and ``gateway_request_id`` (the gateway's ``X-Request-Id``, when it answered).
@@ -17,7 +27,18 @@ from __future__ import annotations
 __all__ = [
     "IdempotencyAlreadyInProgressError",
     "IdempotencyError",
+    "IdempotencyInconsistentStateError",
+    "IdempotencyInvalidStatusError",
+    "IdempotencyItemAlreadyExistsError",
+    "IdempotencyItemNotFoundError",
     "IdempotencyKeyError",
+    "IdempotencyModelTypeError",
+    "IdempotencyNoSerializationModelError",
+    "IdempotencyPersistenceConfigError",
+    "IdempotencyPersistenceConnectionError",
+    "IdempotencyPersistenceConsistencyError",
+    "IdempotencyPersistenceLayerError",
+    "IdempotencyResultNotStoredError",
     "IdempotencyUnavailableError",
     "IdempotencyValidationError",
 ]
@@ -30,7 +51,7 @@ class IdempotencyError(Exception):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         code: str | None = None,
         request_id: str | None = None,
@@ -53,7 +74,7 @@ class IdempotencyAlreadyInProgressError(IdempotencyError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         retry_after: int = 1,
         request_id: str | None = None,
@@ -67,5 +88,68 @@ class IdempotencyValidationError(IdempotencyError):
     default_code = "FINGERPRINT_MISMATCH"
 
 
-class IdempotencyUnavailableError(IdempotencyError):
+class IdempotencyResultNotStoredError(IdempotencyError):
+    """The work under this key completed, but its result could not be kept to replay.
+
+    The work must not run again, and there is nothing to answer with: the caller has to find
+    the outcome elsewhere (the charge, the email, ...). ``reason`` says why it was not stored.
+    """
+
+    default_code = "RESULT_NOT_STORED"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        gateway_request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id, gateway_request_id=gateway_request_id)
+        self.reason = reason
+
+
+class IdempotencyPersistenceLayerError(IdempotencyError):
+    """Powertools' name for a failing store; here, a request the gateway refused."""
+
+
+class IdempotencyPersistenceConnectionError(IdempotencyError):
+    """Powertools' name for a store that cannot be reached."""
+
+
+class IdempotencyUnavailableError(
+    IdempotencyPersistenceLayerError, IdempotencyPersistenceConnectionError
+):
     default_code = "IDEMPOTENCY_UNAVAILABLE"
+
+
+class IdempotencyNoSerializationModelError(IdempotencyError):
+    default_code = "NO_SERIALIZATION_MODEL"
+
+
+class IdempotencyModelTypeError(IdempotencyError):
+    default_code = "SERIALIZATION_MODEL_TYPE"
+
+
+class IdempotencyInconsistentStateError(IdempotencyError):
+    """Never raised: the gateway decides each claim in one atomic step."""
+
+
+class IdempotencyItemAlreadyExistsError(IdempotencyError):
+    """Never raised: an existing record is answered as a replay or as in progress."""
+
+
+class IdempotencyItemNotFoundError(IdempotencyError):
+    """Never raised: the adapter never reads a record it did not claim."""
+
+
+class IdempotencyInvalidStatusError(IdempotencyError):
+    """Never raised: the gateway owns record statuses."""
+
+
+class IdempotencyPersistenceConfigError(IdempotencyError):
+    """Never raised: a bad store configuration raises ``ValueError`` when the store is built."""
+
+
+class IdempotencyPersistenceConsistencyError(IdempotencyError):
+    """Never raised: kept for imports only."""

@@ -17,6 +17,8 @@ __all__ = ["is_http_event", "problem_response"]
 _STATUS_BY_CODE = {
     "IN_PROGRESS": HTTPStatus.CONFLICT,
     "FINGERPRINT_MISMATCH": HTTPStatus.UNPROCESSABLE_ENTITY,
+    # Already processed, and no answer kept to give: retrying cannot help.
+    "RESULT_NOT_STORED": HTTPStatus.CONFLICT,
     "IDEMPOTENCY_UNAVAILABLE": HTTPStatus.SERVICE_UNAVAILABLE,
 }
 

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -16,26 +17,42 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._canonical import sha256_hex
-from ._config import IdempotencyConfig, LambdaContext
+from ._config import DataRecord, IdempotencyConfig, LambdaContext
 from ._exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyError,
     IdempotencyKeyError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyResultNotStoredError,
     IdempotencyUnavailableError,
     IdempotencyValidationError,
 )
 from ._http_events import is_http_event, problem_response
 from ._incidents import Metric, emit_metric, log_incident
 from ._persistence import Claimed, GatewayPersistenceLayer, Invocation, Replayed, backoff
+from ._serialization import (
+    BaseIdempotencyModelSerializer,
+    BaseIdempotencySerializer,
+    encode_result,
+    not_stored_marker,
+    not_stored_reason,
+    resolve_serializer,
+)
 
 __all__ = ["idempotent", "idempotent_function"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 Handler = Callable[..., Any]
+OutputSerializer = BaseIdempotencySerializer | type[BaseIdempotencyModelSerializer]
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._~@=+-]")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._~@=+-]{1,190}")
 _MAX_PREFIX = 190  # 255 for a key, less ':' and 64 hex digits
+_DISABLED_VARIABLES = ("IDEMGATE_IDEMPOTENCY_DISABLED", "POWERTOOLS_IDEMPOTENCY_DISABLED")
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+# The refusals of complete that are about the result itself: storing a marker instead helps.
+_RESULT_REFUSALS = frozenset({"PAYLOAD_TOO_LARGE", "INVALID_REQUEST"})
 
 
 @overload
@@ -44,6 +61,7 @@ def idempotent(
     *,
     persistence_store: GatewayPersistenceLayer,
     config: IdempotencyConfig | None = None,
+    key_prefix: str | None = None,
 ) -> Callable[[Handler], Handler]: ...
 @overload
 def idempotent(
@@ -51,28 +69,39 @@ def idempotent(
     *,
     persistence_store: GatewayPersistenceLayer,
     config: IdempotencyConfig | None = None,
+    key_prefix: str | None = None,
 ) -> Handler: ...
 def idempotent(
     handler: Handler | None = None,
     *,
     persistence_store: GatewayPersistenceLayer,
     config: IdempotencyConfig | None = None,
+    key_prefix: str | None = None,
 ) -> Handler | Callable[[Handler], Handler]:
-    """Make a Lambda handler ``(event, context)`` idempotent on its event."""
+    """Make a Lambda handler ``(event, context)`` idempotent on its event.
+
+    ``key_prefix`` replaces the function and handler names in its keys, so they survive a rename.
+    An event-source data class (anything with ``raw_event``) is keyed on its raw event.
+    """
 
     def decorate(handler: Handler) -> Handler:
-        guard = _Guard(handler, persistence_store, config or IdempotencyConfig())
+        guard = _Guard(handler, persistence_store, config or IdempotencyConfig(), key_prefix)
 
         @functools.wraps(handler)
-        def wrapper(event: Any, context: LambdaContext | None, *args: Any, **kwargs: Any) -> Any:
-            if context is not None:
-                guard.config.register_lambda_context(context)
+        def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
+            if _disabled():
+                return handler(event, context, *args, **kwargs)
+            lambda_context, durable_replay = _lambda_context(context)
+            if lambda_context is not None:
+                guard.config.register_lambda_context(lambda_context)
+            data = getattr(event, "raw_event", event)
             return guard.run(
                 event,
-                event,
-                context,
+                data,
+                lambda_context,
                 lambda: handler(event, context, *args, **kwargs),
-                http_event=is_http_event(event),
+                http_event=is_http_event(data),
+                durable_replay=durable_replay,
             )
 
         return wrapper
@@ -87,6 +116,8 @@ def idempotent_function(
     data_keyword_argument: str,
     persistence_store: GatewayPersistenceLayer,
     config: IdempotencyConfig | None = None,
+    output_serializer: OutputSerializer | None = None,
+    key_prefix: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 @overload
 def idempotent_function(
@@ -95,6 +126,8 @@ def idempotent_function(
     data_keyword_argument: str,
     persistence_store: GatewayPersistenceLayer,
     config: IdempotencyConfig | None = None,
+    output_serializer: OutputSerializer | None = None,
+    key_prefix: str | None = None,
 ) -> Callable[P, R]: ...
 def idempotent_function(
     function: Callable[P, R] | None = None,
@@ -102,20 +135,33 @@ def idempotent_function(
     data_keyword_argument: str,
     persistence_store: GatewayPersistenceLayer,
     config: IdempotencyConfig | None = None,
+    output_serializer: OutputSerializer | None = None,
+    key_prefix: str | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
-    """Make any function idempotent on one keyword argument (a JSON value or a dataclass).
+    """Make any function idempotent on one keyword argument.
 
-    It uses the Lambda context registered on ``config`` for its deadline and lease, else
-    ``config.default_lease_ms``.
+    The argument may be a JSON value, a dataclass, a pydantic model or an event-source data
+    class. ``output_serializer`` turns the result into a JSON value to store and back on replay:
+    an instance, or ``DataclassSerializer``/``PydanticSerializer`` (the class) to build one from
+    the function's return annotation. The function uses the Lambda context registered on
+    ``config`` for its deadline and lease, else ``config.default_lease_ms``.
     """
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
-        guard = _Guard(function, persistence_store, config or IdempotencyConfig())
+        guard = _Guard(
+            function,
+            persistence_store,
+            config or IdempotencyConfig(),
+            key_prefix,
+            resolve_serializer(output_serializer, function),
+        )
 
         @functools.wraps(function)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _disabled():
+                return function(*args, **kwargs)
             if data_keyword_argument not in kwargs:
-                raise TypeError(
+                raise RuntimeError(
                     f"{function.__qualname__}() must be called with {data_keyword_argument}= "
                     "as a keyword argument: it is the data the idempotency key is made from"
                 )
@@ -130,12 +176,39 @@ def idempotent_function(
     return decorate if function is None else decorate(function)
 
 
+def _disabled() -> bool:
+    """Whether idempotency is switched off for tests (Powertools' variable, or ours)."""
+    for variable in _DISABLED_VARIABLES:
+        value = os.environ.get(variable)
+        if value and value.strip().lower() in _TRUE:
+            warnings.warn(
+                f"{variable} is set: running without idempotency. Never set it in production.",
+                stacklevel=3,
+            )
+            return True
+    return False
+
+
+def _lambda_context(context: Any) -> tuple[LambdaContext | None, bool]:
+    """The Lambda context, and whether this invocation replays a durable execution.
+
+    A durable function's handler gets a ``DurableContext``: its Lambda context is
+    ``lambda_context``, and its checkpoint log (``state.operations``) holds more than the
+    execution's own entry once the execution has run before.
+    """
+    lambda_context = getattr(context, "lambda_context", None)
+    state = getattr(context, "state", None)
+    if lambda_context is None or state is None:
+        return context, False
+    return lambda_context, len(getattr(state, "operations", ())) > 1
+
+
 def _as_json(data: Any) -> Any:
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         return dataclasses.asdict(data)
-    if hasattr(data, "model_dump"):  # a pydantic model, without importing pydantic
+    if callable(getattr(data, "model_dump", None)):  # a pydantic model, without importing pydantic
         return data.model_dump(mode="json")
-    return data
+    return getattr(data, "raw_event", data)
 
 
 class _Guard:
@@ -146,10 +219,16 @@ class _Guard:
         function: Callable[..., Any],
         store: GatewayPersistenceLayer,
         config: IdempotencyConfig,
+        key_prefix: str | None,
+        serializer: BaseIdempotencySerializer | None = None,
     ) -> None:
+        if key_prefix is not None and not _KEY_PREFIX.fullmatch(key_prefix):
+            raise ValueError(f"key_prefix {key_prefix!r} must match {_KEY_PREFIX.pattern}")
         self.config = config
         self.store = store
         self._name = f"{function.__module__}.{function.__qualname__}"
+        self._key_prefix = key_prefix
+        self._serializer = serializer
         self._cache = (
             _ResultCache(config.local_cache_max_items, config.expires_after_seconds)
             if config.use_local_cache
@@ -164,6 +243,7 @@ class _Guard:
         call: Callable[[], Any],
         *,
         http_event: bool = False,
+        durable_replay: bool = False,
     ) -> Any:
         config, store = self.config, self.store
         invocation = Invocation(
@@ -175,8 +255,15 @@ class _Guard:
         fingerprint = self._fingerprint(data, invocation)
         try:
             if self._cache is not None and (cached := self._cache.get(key)) is not None:
-                return self._replay_cached(key, fingerprint, *cached, invocation)
-            outcome = self._claim(key, fingerprint, invocation)
+                return self._replay_cached(key, fingerprint, cached, invocation)
+            outcome = self._claim(key, fingerprint, invocation, durable_replay)
+            if isinstance(outcome, Replayed):
+                if self._cache is not None:
+                    result_json = encode_result(outcome.result)
+                    self._cache.put(key, fingerprint, result_json, outcome.expires_at_s)
+                return self._replayed(
+                    key, fingerprint, outcome.result, outcome.expires_at_s, invocation
+                )
         except IdempotencyUnavailableError as error:
             return self._fallback(
                 error,
@@ -186,16 +273,20 @@ class _Guard:
                 context=context,
                 call=call,
                 http_event=http_event,
+                data=data,
             )
-        except (IdempotencyAlreadyInProgressError, IdempotencyValidationError) as error:
+        except (
+            IdempotencyAlreadyInProgressError,
+            IdempotencyValidationError,
+            IdempotencyResultNotStoredError,
+        ) as error:
             if http_event:
-                return problem_response(event, error)
+                return problem_response(data, error)
             raise
-        if not isinstance(outcome, Claimed):
-            emit_metric(store.metrics_namespace, invocation.function_name, Metric.REPLAY)
-            if self._cache is not None:
-                self._cache.put(key, fingerprint, json.dumps(outcome.result))
-            return outcome.result
+        if outcome is None:
+            # A durable execution's replay, held by its own earlier invocation's claim: its
+            # checkpointed steps do not run again, and the claim is not ours to complete.
+            return call()
         try:
             result = call()
         except Exception:
@@ -220,7 +311,8 @@ class _Guard:
             )
             return None
         digest = _digest(selected, "the idempotency key data", invocation)
-        return f"{_key_prefix(invocation.function_name, self._name)}:{digest}"
+        prefix = self._key_prefix or _key_prefix(invocation.function_name, self._name)
+        return f"{prefix}:{digest}"
 
     def _fingerprint(self, data: Any, invocation: Invocation) -> str | None:
         expression = self.config._payload_validation
@@ -232,24 +324,63 @@ class _Guard:
         self,
         key: str,
         fingerprint: str | None,
-        stored_fingerprint: str | None,
-        result_json: str,
+        cached: tuple[str | None, bytes, int | None],
         invocation: Invocation,
     ) -> Any:
+        stored_fingerprint, result_json, expires_at_s = cached
         # The gateway's rule: a missing fingerprint on either side never mismatches.
         if fingerprint and stored_fingerprint and fingerprint != stored_fingerprint:
             raise IdempotencyValidationError(
                 f"{key} was first seen with a different payload", request_id=invocation.request_id
             )
+        return self._replayed(key, fingerprint, json.loads(result_json), expires_at_s, invocation)
+
+    def _replayed(
+        self,
+        key: str,
+        fingerprint: str | None,
+        stored: Any,
+        expires_at_s: int | None,
+        invocation: Invocation,
+    ) -> Any:
+        """The stored result as the caller gets it: deserialised, through the response hook."""
+        reason = not_stored_reason(stored)
+        if reason is not None:
+            raise IdempotencyResultNotStoredError(
+                f"{key} was processed before, but its result was not stored ({reason}); "
+                "the work is not run again",
+                reason=reason,
+                request_id=invocation.request_id,
+            )
         emit_metric(self.store.metrics_namespace, invocation.function_name, Metric.REPLAY)
-        return json.loads(result_json)
+        result = stored
+        if self._serializer is not None and stored is not None:
+            result = self._serializer.from_dict(stored)
+        hook = self.config.response_hook
+        if hook is None:
+            return result
+        record = DataRecord(
+            idempotency_key=key,
+            expiry_timestamp=expires_at_s,
+            response_data=encode_result(stored).decode(),
+            payload_hash=fingerprint,
+        )
+        return hook(result, record)
 
     def _claim(
-        self, key: str, fingerprint: str | None, invocation: Invocation
-    ) -> Claimed | Replayed:
+        self, key: str, fingerprint: str | None, invocation: Invocation, durable_replay: bool
+    ) -> Claimed | Replayed | None:
+        """Claim the key: None when a durable replay finds its own execution's claim."""
         config, store = self.config, self.store
+        if config.on_unavailable != "fail_closed":
+            # Falling back must still leave the work its time.
+            invocation = invocation.share(config.claim_time_share)
+        # A durable replay's holder is its own execution: there is nothing to wait for.
+        wait_s = 0 if durable_replay else config.wait_for_result_ms / 1000
+        wait_until = time.monotonic() + wait_s
         poll = 0
         while True:
+            wait_ms = max(0, int((wait_until - time.monotonic()) * 1000))
             try:
                 return store.claim(
                     key,
@@ -257,9 +388,20 @@ class _Guard:
                     lease_ms=invocation.lease_ms,
                     ttl_s=config.expires_after_seconds,
                     invocation=invocation,
+                    wait_ms=wait_ms,
                 )
             except IdempotencyAlreadyInProgressError:
+                if durable_replay:
+                    return None
                 emit_metric(store.metrics_namespace, invocation.function_name, Metric.IN_PROGRESS)
+                # The gateway gave up waiting before we did (its cap, or our budget): ask again
+                # while another waiting claim still fits.
+                if (
+                    wait_ms
+                    and time.monotonic() < wait_until
+                    and invocation.time_left() * 1000 > store.max_call_ms
+                ):
+                    continue
                 pause = backoff(poll)
                 if not config.wait_for_in_progress or pause >= invocation.time_left():
                     raise
@@ -276,6 +418,7 @@ class _Guard:
         context: LambdaContext | None,
         call: Callable[[], Any],
         http_event: bool,
+        data: Any,
     ) -> Any:
         policy = self.config.on_unavailable
         emit_metric(self.store.metrics_namespace, invocation.function_name, Metric.FALLBACK)
@@ -293,7 +436,7 @@ class _Guard:
         if callable(policy):
             return policy(event, context, error)
         if http_event:
-            return problem_response(event, error)
+            return problem_response(data, error)
         raise error
 
     def _release(self, key: str, lease_token: str, invocation: Invocation) -> None:
@@ -322,28 +465,67 @@ class _Guard:
         result: Any,
         invocation: Invocation,
     ) -> None:
-        # Failing here would make the caller retry work that is already done: log and go on.
+        """Store the result; one that cannot be stored leaves the "not stored" marker instead.
+
+        Nothing here raises: failing after the work is done would make the caller retry it.
+        """
+        store = self.store
+        size: int | None = None
         try:
-            result_json = json.dumps(result, separators=(",", ":"), allow_nan=False)
-            self.store.complete(
+            stored = result
+            if self._serializer is not None and result is not None:
+                stored = self._serializer.to_dict(result)
+            result_json = encode_result(stored)
+        except Exception as exc:  # a user serializer may raise anything
+            problem = f"the result is not JSON: {type(exc).__name__}: {exc}"
+        else:
+            size = len(result_json)
+            if size > store.max_result_bytes:
+                problem = f"the result is {size} bytes of JSON, more than {store.max_result_bytes}"
+            else:
+                try:
+                    expires_at_s = store.complete(
+                        key, lease_token=lease_token, result_json=result_json, invocation=invocation
+                    )
+                except IdempotencyPersistenceLayerError as error:
+                    if error.code not in _RESULT_REFUSALS:
+                        self._complete_failed(key, error, invocation)
+                        return
+                    problem = f"the gateway refused it: {error}"
+                else:
+                    if self._cache is not None:
+                        self._cache.put(key, fingerprint, result_json, expires_at_s)
+                    return
+        try:
+            store.complete(
                 key,
                 lease_token=lease_token,
-                result_json=result_json,
+                result_json=not_stored_marker(problem, size),
                 invocation=invocation,
             )
-        except (IdempotencyError, TypeError, ValueError) as error:
-            log_incident(
-                logging.ERROR,
-                "complete_failed",
-                f"the result was returned but not stored: {error}",
-                url=self.store.url,
-                key=key,
-                request_id=invocation.request_id,
-                gateway_request_id=getattr(error, "gateway_request_id", None),
-            )
+        except IdempotencyError as error:
+            self._complete_failed(key, error, invocation)
             return
-        if self._cache is not None:
-            self._cache.put(key, fingerprint, result_json)
+        log_incident(
+            logging.ERROR,
+            "result_not_stored",
+            f"the result was returned but not stored: {problem}; the record is completed, and a "
+            "duplicate gets IdempotencyResultNotStoredError instead of running the work again",
+            url=store.url,
+            key=key,
+            request_id=invocation.request_id,
+        )
+
+    def _complete_failed(self, key: str, error: IdempotencyError, invocation: Invocation) -> None:
+        log_incident(
+            logging.ERROR,
+            "complete_failed",
+            f"the result was returned but not stored: {error}",
+            url=self.store.url,
+            key=key,
+            request_id=invocation.request_id,
+            gateway_request_id=error.gateway_request_id,
+        )
 
 
 def _digest(value: Any, what: str, invocation: Invocation) -> str:
@@ -376,31 +558,33 @@ def _is_missing(data: Any) -> bool:
 
 
 class _ResultCache:
-    """An LRU of completed results as JSON text, each kept until its record would expire."""
+    """An LRU of completed results as JSON, each kept until its record would expire."""
 
     def __init__(self, max_items: int, ttl_s: int) -> None:
         self._max_items = max_items
         self._ttl_s = ttl_s
-        self._entries: OrderedDict[str, tuple[str | None, str, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str | None, bytes, int | None, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[str | None, str] | None:
-        """The fingerprint and result JSON stored under ``key``, unless expired."""
+    def get(self, key: str) -> tuple[str | None, bytes, int | None] | None:
+        """The fingerprint, result JSON and record expiry (epoch s) under ``key``, if live."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            fingerprint, result_json, expires = entry
+            fingerprint, result_json, expires_at_s, expires = entry
             if expires <= time.monotonic():
                 del self._entries[key]
                 return None
             self._entries.move_to_end(key)
-            return fingerprint, result_json
+            return fingerprint, result_json, expires_at_s
 
-    def put(self, key: str, fingerprint: str | None, result_json: str) -> None:
+    def put(
+        self, key: str, fingerprint: str | None, result_json: bytes, expires_at_s: int | None
+    ) -> None:
         expires = time.monotonic() + self._ttl_s
         with self._lock:
-            self._entries[key] = (fingerprint, result_json, expires)
+            self._entries[key] = (fingerprint, result_json, expires_at_s, expires)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_items:
                 self._entries.popitem(last=False)

@@ -1,7 +1,11 @@
-"""GatewayPersistenceLayer: the gateway's records API, bounded by the invocation's deadline."""
+"""GatewayPersistenceLayer: the gateway's records API, bounded by the invocation's deadline.
+
+DynamoDBPersistenceLayer is the same store under Powertools' name, for one-line migrations.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -17,7 +21,7 @@ import httpx
 from ._config import LambdaContext
 from ._exceptions import (
     IdempotencyAlreadyInProgressError,
-    IdempotencyError,
+    IdempotencyPersistenceLayerError,
     IdempotencyUnavailableError,
     IdempotencyValidationError,
 )
@@ -25,13 +29,22 @@ from ._iam import IamAuthorization
 from ._incidents import Metric, emit_metric, log_incident
 from ._transport import DeadlineTransport, call_deadline
 
-__all__ = ["Claimed", "GatewayPersistenceLayer", "Invocation", "Replayed", "backoff"]
+__all__ = [
+    "Claimed",
+    "DynamoDBPersistenceLayer",
+    "GatewayPersistenceLayer",
+    "Invocation",
+    "Replayed",
+    "backoff",
+]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 1.0
 _MAX_LEASE_MS = 900_000  # the gateway's limit, and Lambda's: 15 minutes
+_MAX_WAIT_MS = 50_000  # the gateway's limit on one waiting claim
+_DEFAULT_MAX_RESULT_BYTES = 262_144  # the gateway's default limit
 
 
 def backoff(attempt: int) -> float:
@@ -46,21 +59,23 @@ class Invocation:
     recover; with no Lambda context it is unbounded (each call is still capped).
     """
 
-    __slots__ = ("deadline", "function_name", "lease_ms", "request_id")
+    __slots__ = ("deadline", "function_name", "lease_ms", "remaining_ms", "request_id", "started")
 
     def __init__(
         self, context: LambdaContext | None, *, reserve_ms: int, default_lease_ms: int
     ) -> None:
+        self.started = time.monotonic()
         if context is None:
             self.request_id: str | None = None
             self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "local")
             self.deadline: float | None = None
+            self.remaining_ms: int | None = None
             self.lease_ms = default_lease_ms
         else:
-            remaining_ms = context.get_remaining_time_in_millis()
+            self.remaining_ms = remaining_ms = context.get_remaining_time_in_millis()
             self.request_id = context.aws_request_id
             self.function_name = context.function_name
-            self.deadline = time.monotonic() + (remaining_ms - reserve_ms) / 1000
+            self.deadline = self.started + (remaining_ms - reserve_ms) / 1000
             # The lease ends when Lambda would end the invocation, so a retry after a crash or
             # a timeout can take over at once.
             self.lease_ms = min(max(remaining_ms, 1), _MAX_LEASE_MS)
@@ -68,6 +83,14 @@ class Invocation:
     def time_left(self) -> float:
         """Seconds left in the budget."""
         return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def share(self, fraction: float) -> Invocation:
+        """The same invocation, its budget cut to ``fraction`` of the time it started with."""
+        if self.remaining_ms is None or self.deadline is None:
+            return self
+        part = copy.copy(self)
+        part.deadline = min(self.deadline, self.started + fraction * self.remaining_ms / 1000)
+        return part
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +101,7 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class Replayed:
     result: Any
+    expires_at_s: int | None = None  # None from a gateway that does not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +129,8 @@ class GatewayPersistenceLayer:
     ``IDEMGATE_TOKEN``. ``auth="iam"`` proves the function's execution role instead of sending
     a token (``server_id`` defaults to ``IDEMGATE_AUTH_SERVER_ID``; see docs/lambda-adapter.md).
     ``metrics_namespace`` turns on CloudWatch EMF metric lines.
+    ``max_result_bytes`` is the gateway's limit on a result (compact UTF-8 JSON): a larger one
+    is not sent, and its record completes with a "result not stored" marker instead.
     """
 
     def __init__(
@@ -120,6 +146,7 @@ class GatewayPersistenceLayer:
         max_attempts: int = 3,
         transport: httpx.BaseTransport | None = None,
         metrics_namespace: str | None = None,
+        max_result_bytes: int = _DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         url = url or os.environ.get("IDEMGATE_URL")
         namespace = (
@@ -138,14 +165,17 @@ class GatewayPersistenceLayer:
                 f"namespace {namespace!r} must match {_NAMESPACE.pattern}: pass namespace= "
                 "or set IDEMGATE_NAMESPACE"
             )
-        if reserve_ms < 0 or max_call_ms < 1 or max_attempts < 1:
-            raise ValueError("reserve_ms must be >= 0, max_call_ms and max_attempts >= 1")
+        if reserve_ms < 0 or max_call_ms < 1 or max_attempts < 1 or max_result_bytes < 1:
+            raise ValueError(
+                "reserve_ms must be >= 0, max_call_ms, max_attempts and max_result_bytes >= 1"
+            )
         self.url = str(base).rstrip("/")
         self.namespace = namespace
         self.reserve_ms = reserve_ms
         self.max_call_ms = max_call_ms
         self.max_attempts = max_attempts
         self.metrics_namespace = metrics_namespace
+        self.max_result_bytes = max_result_bytes
         self._records_url = f"{self.url}/v1/records/{namespace}/"
         headers = {"content-type": "application/json", "accept": "application/json"}
         if token:
@@ -172,13 +202,26 @@ class GatewayPersistenceLayer:
         lease_ms: int,
         ttl_s: int,
         invocation: Invocation,
+        wait_ms: int = 0,
     ) -> Claimed | Replayed:
-        body = {"fingerprint": fingerprint, "lease_ms": lease_ms, "ttl_s": ttl_s}
-        answer = self._post(key, "claim", _dumps(body), invocation)
+        """Claim ``key``; with ``wait_ms``, the gateway waits that long for a holder to finish.
+
+        The wait is cut so that one more call (``max_call_ms``) still fits in the budget after it.
+        """
+        body: dict[str, Any] = {"fingerprint": fingerprint, "lease_ms": lease_ms, "ttl_s": ttl_s}
+        if wait_ms:
+            left_ms = invocation.time_left() * 1000 - self.max_call_ms
+            wait_ms = int(min(wait_ms, _MAX_WAIT_MS, left_ms))
+            if wait_ms > 0:
+                body["wait_ms"] = wait_ms
+        answer = self._post(key, "claim", _dumps(body), invocation, wait_ms=max(wait_ms, 0))
         if answer.status == 201 and "lease_token" in answer.body:
             return Claimed(answer.body["lease_token"])
         if answer.status == 200 and "result" in answer.body:
-            return Replayed(answer.body["result"])
+            expires_at = answer.body.get("expires_at")
+            return Replayed(
+                answer.body["result"], expires_at // 1000 if isinstance(expires_at, int) else None
+            )
         ids = {"request_id": invocation.request_id, "gateway_request_id": answer.gateway_request_id}
         if answer.status == 409 and answer.code == "IN_PROGRESS":
             retry_after = int(answer.headers.get("retry-after", "1"))
@@ -198,14 +241,17 @@ class GatewayPersistenceLayer:
         key: str,
         *,
         lease_token: str,
-        result_json: str,
+        result_json: bytes,
         invocation: Invocation,
-    ) -> None:
-        # The result is already JSON text (the local cache keeps the same text).
-        body = f'{{"lease_token":{json.dumps(lease_token)},"result":{result_json}}}'.encode()
+    ) -> int | None:
+        """Store ``result_json`` (UTF-8 JSON); the record's expiry, epoch seconds, if told."""
+        # The result is already JSON (the local cache keeps the same bytes).
+        body = b'{"lease_token":%s,"result":%s}' % (json.dumps(lease_token).encode(), result_json)
         answer = self._post(key, "complete", body, invocation)
         if answer.status != 200:
             raise _refused(key, "complete", answer, invocation)
+        expires_at = answer.body.get("expires_at")
+        return expires_at // 1000 if isinstance(expires_at, int) else None
 
     def release(
         self,
@@ -219,8 +265,13 @@ class GatewayPersistenceLayer:
         if answer.status != 204:
             raise _refused(key, "release", answer, invocation)
 
-    def _post(self, key: str, action: str, body: bytes, invocation: Invocation) -> _Answer:
-        """POST with retries of transient failures; every wait ends within ``budget``."""
+    def _post(
+        self, key: str, action: str, body: bytes, invocation: Invocation, *, wait_ms: int = 0
+    ) -> _Answer:
+        """POST with retries of transient failures; every wait ends within ``budget``.
+
+        Each call may take ``max_call_ms``, plus ``wait_ms`` for a claim the gateway holds.
+        """
         url = f"{self._records_url}{key}/{action}"
         failure: str = "no time was left in the invocation's budget"
         cause: httpx.TransportError | None = None
@@ -231,7 +282,7 @@ class GatewayPersistenceLayer:
                 if pause >= invocation.time_left():
                     break
                 time.sleep(pause)
-            timeout = min(self.max_call_ms / 1000, invocation.time_left())
+            timeout = min((self.max_call_ms + wait_ms) / 1000, invocation.time_left())
             if timeout <= 0:
                 break
             try:
@@ -297,11 +348,44 @@ def _json_object(content: bytes) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _refused(key: str, action: str, answer: _Answer, invocation: Invocation) -> IdempotencyError:
+def _refused(
+    key: str, action: str, answer: _Answer, invocation: Invocation
+) -> IdempotencyPersistenceLayerError:
     detail = answer.body.get("detail")
-    return IdempotencyError(
+    return IdempotencyPersistenceLayerError(
         f"the gateway refused {action} of {key}: {answer.code}" + (f": {detail}" if detail else ""),
         code=answer.code,
         request_id=invocation.request_id,
         gateway_request_id=answer.gateway_request_id,
     )
+
+
+class DynamoDBPersistenceLayer(GatewayPersistenceLayer):
+    """Powertools' store name, kept so a migration changes only the import lines.
+
+    The records live in the gateway at ``IDEMGATE_URL``, under the namespace ``table_name``
+    (unless ``IDEMGATE_NAMESPACE`` is set). Powertools' DynamoDB-specific arguments (attribute
+    names, sort key, boto3 session, client and config) describe a table the gateway owns here:
+    they are accepted and have no effect. Keyword arguments of ``GatewayPersistenceLayer``
+    (``url``, ``token``, ``reserve_ms``, ...) may be passed too.
+    """
+
+    def __init__(  # noqa: PLR0917 - positional, in Powertools' order, for drop-in stores
+        self,
+        table_name: str,
+        key_attr: str = "id",
+        static_pk_value: str | None = None,
+        sort_key_attr: str | None = None,
+        expiry_attr: str = "expiration",
+        in_progress_expiry_attr: str = "in_progress_expiration",
+        status_attr: str = "status",
+        data_attr: str = "data",
+        validation_key_attr: str = "validation",
+        boto_config: Any = None,
+        boto3_session: Any = None,
+        boto3_client: Any = None,
+        **options: Any,
+    ) -> None:
+        options.setdefault("namespace", os.environ.get("IDEMGATE_NAMESPACE") or table_name)
+        super().__init__(**options)
+        self.table_name = table_name

@@ -7,6 +7,7 @@ then serves both the expiry conditions and the clean-up.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 import time
@@ -25,6 +26,10 @@ __all__ = ["Claim", "RecordService", "ceil_seconds", "epoch_ms"]
 
 # A claim races at most a few writers: each lost race means another caller made progress.
 _TAKE_OVERS = 4
+# A waiting claim reads the record again after these pauses (doubling), and at the holder's
+# lease expiry; reads, not conditional writes, so waiting costs no write capacity.
+_WAIT_FIRST_POLL_MS = 20
+_WAIT_MAX_POLL_MS = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,40 @@ class RecordService:
             successor = dataclasses.replace(fresh, attempt=stored.attempt + 1)
             if await self.storage.take_over(successor, previous=stored):
                 return Claim(claimed=True, record=successor)
+
+    async def claim_waiting(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        fingerprint: str | None,
+        lease_ms: int,
+        ttl_s: int,
+        wait_ms: int,
+    ) -> Claim:
+        """``claim``, but while another caller holds the key, wait up to ``wait_ms`` for it.
+
+        Answers as soon as the holder completes (the replay), releases or lets its lease run
+        out (the claim); raises ``InProgressError`` when ``wait_ms`` ends first.
+        """
+        deadline = self._clock() + wait_ms
+        while True:
+            try:
+                return await self.claim(
+                    namespace, key, fingerprint=fingerprint, lease_ms=lease_ms, ttl_s=ttl_s
+                )
+            except InProgressError as busy:
+                holder_until = busy.lease_expires_at
+                if self._clock() >= deadline:
+                    raise
+            pause = _WAIT_FIRST_POLL_MS
+            while (now := self._clock()) < min(deadline, holder_until):
+                await asyncio.sleep((min(deadline, holder_until, now + pause) - now) / 1000)
+                pause = min(pause * 2, _WAIT_MAX_POLL_MS)
+                stored = await self._live(namespace, key, self._clock())
+                if stored is None or stored.status is Status.COMPLETED:
+                    break
+                holder_until = stored.lease_expires_at
 
     async def complete(
         self, namespace: str, key: str, *, lease_token: str, result: str, ttl_s: int | None

@@ -25,6 +25,8 @@ NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 KEY_PATTERN = r"^[A-Za-z0-9._~:@=+-]{1,255}$"
 MAX_LEASE_MS = 900_000
 MAX_TTL_S = 2_592_000
+# Below a load balancer's idle timeout (an ALB's is 60 s), so a waiting claim is never cut off.
+MAX_WAIT_MS = 50_000
 
 Namespace = Annotated[
     str, Path(pattern=NAMESPACE_PATTERN, description="One per function or tenant.")
@@ -43,6 +45,12 @@ class ClaimBody(_Body):
     fingerprint: str | None = Field(default=None, max_length=128)
     lease_ms: LeaseMs = 60_000
     ttl_s: TtlS = 86_400
+    wait_ms: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_WAIT_MS,
+        description="While another caller holds the key, wait up to this long for its outcome.",
+    )
 
 
 # An empty claim body means every default; the default here also documents the body as optional.
@@ -211,7 +219,12 @@ def _result_json(result: Any, max_bytes: int) -> str:
 
 
 def _completed(record: Record) -> dict[str, Any]:
-    return {"outcome": "completed", "attempt": record.attempt, "completed_at": record.completed_at}
+    return {
+        "outcome": "completed",
+        "attempt": record.attempt,
+        "completed_at": record.completed_at,
+        "expires_at": record.expires_at_s * 1000,
+    }
 
 
 @router.post(
@@ -227,13 +240,20 @@ def _completed(record: Record) -> dict[str, Any]:
 async def claim(
     request: Request, namespace: Namespace, key: Key, body: ClaimBody = _NO_CLAIM_BODY
 ) -> Response:
-    answer = await records_of(request).claim(
-        namespace,
-        key,
-        fingerprint=body.fingerprint,
-        lease_ms=body.lease_ms,
-        ttl_s=body.ttl_s,
-    )
+    records = records_of(request)
+    if body.wait_ms:
+        answer = await records.claim_waiting(
+            namespace,
+            key,
+            fingerprint=body.fingerprint,
+            lease_ms=body.lease_ms,
+            ttl_s=body.ttl_s,
+            wait_ms=body.wait_ms,
+        )
+    else:
+        answer = await records.claim(
+            namespace, key, fingerprint=body.fingerprint, lease_ms=body.lease_ms, ttl_s=body.ttl_s
+        )
     record = answer.record
     if answer.claimed:
         request.state.outcome = "claimed"
