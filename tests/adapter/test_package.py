@@ -31,6 +31,8 @@ VECTORS = Path(__file__).parents[2] / "docs" / "canonical-json-vectors.json"
 
 def test_the_public_names_are_pinned() -> None:
     assert sorted(lambda_adapter.__all__) == [
+        "DeadLetterHandoff",
+        "EventKey",
         "GatewayPersistenceLayer",
         "IdempotencyAlreadyInProgressError",
         "IdempotencyConfig",
@@ -38,8 +40,11 @@ def test_the_public_names_are_pinned() -> None:
         "IdempotencyKeyError",
         "IdempotencyUnavailableError",
         "IdempotencyValidationError",
+        "SqsBackoff",
         "idempotent",
         "idempotent_function",
+        "process_records",
+        "process_sqs_batch",
     ]
 
 

@@ -10,6 +10,13 @@
 See docs/lambda-adapter.md.
 """
 
+from ._batch import (
+    DeadLetterHandoff,
+    EventKey,
+    SqsBackoff,
+    process_records,
+    process_sqs_batch,
+)
 from ._config import IdempotencyConfig
 from ._exceptions import (
     IdempotencyAlreadyInProgressError,
@@ -22,6 +29,8 @@ from ._idempotency import idempotent, idempotent_function
 from ._persistence import GatewayPersistenceLayer
 
 __all__ = [
+    "DeadLetterHandoff",
+    "EventKey",
     "GatewayPersistenceLayer",
     "IdempotencyAlreadyInProgressError",
     "IdempotencyConfig",
@@ -29,6 +38,9 @@ __all__ = [
     "IdempotencyKeyError",
     "IdempotencyUnavailableError",
     "IdempotencyValidationError",
+    "SqsBackoff",
     "idempotent",
     "idempotent_function",
+    "process_records",
+    "process_sqs_batch",
 ]
