@@ -169,8 +169,8 @@ class SqsClient:
             raise SqsCallError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
         try:
             answer = json.loads(content) if content else {}
-        except ValueError:
-            answer = {}
+        except ValueError:  # e.g. an XML error from a proxy or an older endpoint
+            answer = {"message": content[:200].decode(errors="replace")}
         if not isinstance(answer, dict):
             answer = {}
         if response.status_code != 200:
