@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import MotoServer
 from sqs_poller import Poller, create_queue, create_queue_with_redrive, queue_size, visible_at_ms
 
 from idemgate.testing import GatewayServer
@@ -88,7 +87,7 @@ def test_an_event_that_is_not_an_sqs_batch_is_refused_whole(event: dict[str, Any
 
 
 @pytest.fixture
-def sqs(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, gateway: GatewayServer) -> Any:
+def sqs(moto_server: Any, monkeypatch: pytest.MonkeyPatch, gateway: GatewayServer) -> Any:
     """A boto3 SQS client, and the function's role credentials in the environment.
 
     The adapter signs its SQS calls with the credentials Lambda puts in the environment: here,
@@ -135,7 +134,7 @@ def _send(sqs: Any, url: str, *orders: str, **extra: Any) -> None:
 def _invoke(
     ledger: Ledger,
     store: GatewayPersistenceLayer,
-    moto_server: MotoServer,
+    moto_server: Any,
     remaining_ms: int = 10_000,
     **options: Any,
 ) -> Any:
@@ -154,7 +153,7 @@ def _invoke(
 
 def test_every_record_runs_once_despite_duplicates_and_failures(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     ledger: Ledger,
     queue_name: str,
@@ -185,7 +184,7 @@ def test_every_record_runs_once_despite_duplicates_and_failures(
 
 def test_a_failed_message_is_hidden_for_the_computed_backoff(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     queue_name: str,
     caplog: pytest.LogCaptureFixture,
@@ -220,7 +219,7 @@ def test_a_failed_message_is_hidden_for_the_computed_backoff(
 
 def test_messages_reach_the_dead_letter_queue_after_max_receives(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     ledger: Ledger,
     queue_name: str,
@@ -256,7 +255,7 @@ def test_messages_reach_the_dead_letter_queue_after_max_receives(
 
 def test_an_explicit_hand_off_carries_the_failure_to_the_dead_letter_queue(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     ledger: Ledger,
     queue_name: str,
@@ -290,7 +289,7 @@ def test_an_explicit_hand_off_carries_the_failure_to_the_dead_letter_queue(
 
 def test_records_are_not_started_once_the_deadline_is_near(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     ledger: Ledger,
     queue_name: str,
@@ -327,7 +326,7 @@ def test_records_are_not_started_once_the_deadline_is_near(
 
 def test_a_fifo_group_stops_at_its_first_failure_and_keeps_its_order(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     ledger: Ledger,
     queue_name: str,
@@ -542,7 +541,7 @@ def _failing_batch(queue_arn: str) -> dict[str, Any]:
 
 def test_a_refused_visibility_change_is_logged_and_the_failure_still_reported(
     sqs: Any,
-    moto_server: MotoServer,
+    moto_server: Any,
     store: GatewayPersistenceLayer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,

@@ -222,7 +222,9 @@ def process_records(
     source retries the event and the retry runs only what did not complete.
     """
     records = _records(event)
-    source = records[0].get("eventSource") or records[0].get("EventSource") if records else None
+    if not records:
+        return []
+    source = records[0].get("eventSource") or records[0].get("EventSource")
     runner = _runner(record_handler, persistence_store, config, _KEYS_BY_SOURCE.get(str(source)))
     stop_below_ms = persistence_store.reserve_ms if reserve_ms is None else reserve_ms
     results: list[Any] = []
