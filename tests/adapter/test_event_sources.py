@@ -499,6 +499,26 @@ def test_stream_records_are_keyed_on_their_event_id(
     assert [r["eventID"] for r in ran] == [record["eventID"], other_id["eventID"]]
 
 
+def test_a_stream_batch_stops_at_its_first_failure_and_resumes_there(
+    store: GatewayPersistenceLayer,
+) -> None:
+    ran: list[str] = []
+    failing = {"e-2"}
+
+    def handler(record: dict[str, Any]) -> None:
+        if record["eventID"] in failing:
+            raise RuntimeError("the index is down")
+        ran.append(record["eventID"])
+
+    event = {"Records": [{"eventSource": "aws:dynamodb", "eventID": f"e-{n}"} for n in (1, 2, 3)]}
+    with pytest.raises(ExceptionGroup):
+        process_records(event, FakeLambdaContext(), handler, persistence_store=store)
+    assert ran == ["e-1"]  # e-3 did not overtake e-2
+    failing.clear()
+    process_records(event, FakeLambdaContext(), handler, persistence_store=store)
+    assert ran == ["e-1", "e-2", "e-3"]
+
+
 def test_an_eventbridge_event_is_keyed_on_its_id(store: GatewayPersistenceLayer) -> None:
     ran: list[str] = []
 

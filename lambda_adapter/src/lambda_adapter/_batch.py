@@ -65,6 +65,8 @@ class EventKey(StrEnum):
     KINESIS = "[eventSourceARN, eventID]"
 
 
+# Stream records are changes in order: one that failed must not be overtaken by later ones.
+_ORDERED_SOURCES = frozenset({"aws:dynamodb", "aws:kinesis"})
 _KEYS_BY_SOURCE = {
     "aws:sqs": EventKey.SQS,
     "aws:sns": EventKey.SNS,
@@ -215,17 +217,18 @@ def process_records(
     """Run ``record_handler(record)`` once per record of an SNS, S3, Kinesis or DynamoDB event.
 
     The key is the source's own id (``EventKey``, picked by the records' ``eventSource``), or
-    ``config.event_key_jmespath`` applied to each record. Every record is tried; completed ones
-    return their stored result without running. Returns the results in order. If any record
-    failed, or was not started for lack of time (less than ``reserve_ms`` left, by default the
-    store's reserve), raises an ``ExceptionGroup`` of the failures once all others ran, so the
-    source retries the event and the retry runs only what did not complete.
+    ``config.event_key_jmespath`` applied to each record. Completed records return their stored
+    result without running. Returns the results in order. If any record failed, or was not
+    started for lack of time (less than ``reserve_ms`` left, by default the store's reserve),
+    raises an ``ExceptionGroup`` of the failures, so the source retries the event and the retry
+    runs only what did not complete. SNS and S3 records are all tried first; Kinesis and
+    DynamoDB Streams records stop at the first failure, so no change overtakes an earlier one.
     """
     records = _records(event)
     if not records:
         return []
-    source = records[0].get("eventSource") or records[0].get("EventSource")
-    runner = _runner(record_handler, persistence_store, config, _KEYS_BY_SOURCE.get(str(source)))
+    source = str(records[0].get("eventSource") or records[0].get("EventSource"))
+    runner = _runner(record_handler, persistence_store, config, _KEYS_BY_SOURCE.get(source))
     stop_below_ms = persistence_store.reserve_ms if reserve_ms is None else reserve_ms
     results: list[Any] = []
     errors: list[Exception] = []
@@ -241,6 +244,8 @@ def process_records(
             errors.append(error)
             results.append(None)
             _log_failure(_Failure(record, f"{type(error).__name__}: {error}", error), None)
+            if source in _ORDERED_SOURCES:
+                break
     if errors:
         raise ExceptionGroup(f"{len(errors)} of {len(records)} records failed", errors)
     return results
