@@ -570,7 +570,7 @@ async function changeVisibility(failures, timeouts, { sqsEndpointUrl, budget, ma
           logIncident(
             "WARNING",
             "sqs_call_failed",
-            `${error.message}; the message comes back after the queue's visibility timeout`,
+            `${error.message} (the message comes back after the queue's visibility timeout)`,
             { message_id: record.messageId },
           );
         }

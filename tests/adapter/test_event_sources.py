@@ -584,6 +584,40 @@ def test_a_refused_visibility_change_is_logged_and_the_failure_still_reported(
     assert failed["visibility_timeout_s"] is None  # not set, so not claimed to be
 
 
+def test_a_visibility_change_refused_for_one_message_is_logged_for_that_one(
+    sqs: Any,
+    moto_server: Any,
+    store: GatewayPersistenceLayer,
+    queue_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger = Ledger()
+    queue = create_queue(sqs, queue_name)
+    _send(sqs, queue.url, "gone", "kept")
+    ledger.fail.update({"gone", "kept"})
+    poller = Poller(sqs, queue)
+    messages = poller.receive()
+    by_order = {json.loads(m["Body"])["order"]: m for m in messages}
+    # Deleted meanwhile (say, by an operator): its receipt handle is no longer valid.
+    sqs.delete_message(QueueUrl=queue.url, ReceiptHandle=by_order["gone"]["ReceiptHandle"])
+    caplog.set_level(logging.WARNING, logger="lambda_adapter")
+    response = _invoke(ledger, store, moto_server, backoff=SqsBackoff(base_s=10, jitter_s=0))(
+        poller.event(messages)
+    )
+    assert len(response["batchItemFailures"]) == 2
+    incidents = [json.loads(record.getMessage()) for record in caplog.records]
+    [refused] = [i for i in incidents if i["incident"] == "sqs_call_failed"]
+    assert refused["message_id"] == by_order["gone"]["MessageId"]
+    assert "ReceiptHandleIsInvalid" in refused["message"]
+    timeouts = {
+        i["message_id"]: i["visibility_timeout_s"]
+        for i in incidents
+        if i["incident"] == "record_failed"
+    }
+    assert timeouts[refused["message_id"]] is None
+    assert timeouts[by_order["kept"]["MessageId"]] == 20
+
+
 def test_a_silent_sqs_endpoint_cannot_make_the_batch_time_out(
     store: GatewayPersistenceLayer,
     ledger: Ledger,

@@ -162,8 +162,8 @@ def process_sqs_batch(
     holds, whose payload does not match its key's (logged as the producer's bug), or that the
     gateway could not claim is reported in ``batchItemFailures``. In a FIFO queue, once a message
     fails, the later ones of its group are reported without running. Records are not started with
-    less than ``reserve_ms`` left (default: the store's reserve plus one second for the SQS
-    calls): they are reported instead, rather than the batch timing out.
+    less than ``reserve_ms`` left (default: the store's reserve, plus one second for the SQS
+    calls when there are any): they are reported instead, rather than the batch timing out.
 
     With ``backoff``, each failed message is hidden for ``backoff.visibility_timeout_s(its
     receive count)``, and each unstarted one is made visible at once. With ``dead_letter``, a
@@ -175,13 +175,13 @@ def process_sqs_batch(
             # An empty identifier would fail the whole batch anyway: say why instead.
             raise ValueError("an SQS record without a messageId: not an SQS event")
     runner = _runner(record_handler, persistence_store, config, EventKey.SQS)
-    stop_below_ms = (
-        persistence_store.reserve_ms + _SQS_CALLS_MS if reserve_ms is None else reserve_ms
-    )
+    if reserve_ms is None:
+        follow_up = backoff is not None or dead_letter is not None
+        reserve_ms = persistence_store.reserve_ms + (_SQS_CALLS_MS if follow_up else 0)
     failures: list[_Failure] = []
     failed_groups: set[str] = set()
     for index, record in enumerate(records):
-        if _out_of_time(context, stop_below_ms):
+        if _out_of_time(context, reserve_ms):
             failures += [
                 _Failure(rest, "not started: too little time left") for rest in records[index:]
             ]
@@ -229,11 +229,12 @@ def process_records(
         return []
     source = str(records[0].get("eventSource") or records[0].get("EventSource"))
     runner = _runner(record_handler, persistence_store, config, _KEYS_BY_SOURCE.get(source))
-    stop_below_ms = persistence_store.reserve_ms if reserve_ms is None else reserve_ms
+    if reserve_ms is None:
+        reserve_ms = persistence_store.reserve_ms
     results: list[Any] = []
     errors: list[Exception] = []
     for index, record in enumerate(records):
-        if _out_of_time(context, stop_below_ms):
+        if _out_of_time(context, reserve_ms):
             errors.append(
                 TimeoutError(f"{len(records) - index} records not started: too little time left")
             )
@@ -258,8 +259,8 @@ def _records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def _out_of_time(context: LambdaContext | None, stop_below_ms: int) -> bool:
-    return context is not None and context.get_remaining_time_in_millis() < stop_below_ms
+def _out_of_time(context: LambdaContext | None, reserve_ms: int) -> bool:
+    return context is not None and context.get_remaining_time_in_millis() < reserve_ms
 
 
 def _runner(
@@ -434,6 +435,6 @@ def _log_sqs_error(error: SqsCallError, message_id: str) -> None:
     log_incident(
         logging.WARNING,
         "sqs_call_failed",
-        f"{error}; the message comes back after the queue's visibility timeout",
+        f"{error} (the message comes back after the queue's visibility timeout)",
         message_id=message_id,
     )
