@@ -453,6 +453,7 @@ export async function processSqsBatch(
     sqsEndpointUrl = process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL,
   },
 ) {
+  if (!client) throw new TypeError("pass client: an IdemgateClient");
   const records = event?.Records;
   if (
     !Array.isArray(records) ||
