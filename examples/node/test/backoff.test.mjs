@@ -35,11 +35,18 @@ test("adds a jitter spread over [0, jitterS], rounded up to whole seconds", () =
   assert.ok([...draws].every((seconds) => seconds >= 8 && seconds <= 18));
 });
 
+test("asks for its client up front", async () => {
+  await assert.rejects(
+    processSqsBatch({ Records: [] }, undefined, () => {}, {}),
+    /pass client/,
+  );
+});
+
 test("refuses an event that is not an SQS batch, whole", async () => {
   for (const event of [{}, { Records: "x" }, { Records: [{ body: "no id" }] }]) {
     await assert.rejects(
-      processSqsBatch(event, undefined, () => {}, {}),
-      TypeError,
+      processSqsBatch(event, undefined, () => {}, { client: {} }),
+      /not an SQS event/,
     );
   }
 });
