@@ -50,7 +50,8 @@ export function signV4({
     .sort(([a, x], [b, y]) => (a === b ? compare(x, y) : compare(a, b)))
     .map(([name, value]) => `${name}=${value}`)
     .join("&");
-  const path = target.pathname.split("/").map((part) => awsEncode(decodeURIComponent(part)));
+  // The path as sent, encoded once more: AWS's rule for every service but S3.
+  const path = target.pathname.split("/").map(awsEncode);
   const canonicalRequest = [
     method.toUpperCase(),
     path.join("/") || "/",

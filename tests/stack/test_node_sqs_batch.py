@@ -150,3 +150,42 @@ def test_node_fifo_groups_and_deadline(
     assert poller.responses[-1] == {"batchItemFailures": [{"itemIdentifier": by_order["a3"]}]}
     poller.drain(_node_invoke(node, root, environment), until=lambda: queue_size(sqs, queue) == 0)
     assert _ledger(environment) == ["a1", "b1", "b2", "a2", "a3"]
+
+
+def test_node_signs_as_the_python_adapter_and_so_as_botocore(node: str, root: Path) -> None:
+    """The Python signer is checked against botocore (tests/adapter/test_sigv4.py)."""
+    import datetime
+
+    from lambda_adapter._sigv4 import AwsCredentials, sign_headers
+
+    request = {
+        "method": "POST",
+        "url": "https://sqs.eu-west-3.amazonaws.com/a%20b/c?b=2&a=1&a=0&Action=List",
+        "headers": {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "  A   b "},
+        "body": '{"QueueUrl":"https://sqs.eu-west-3.amazonaws.com/1/q","é":1}',
+        "region": "eu-west-3",
+        "service": "sqs",
+    }
+    credentials = {"accessKeyId": "ASIA1", "secretAccessKey": "s/e+c=r", "sessionToken": "t" * 300}
+    script = (
+        f"import {{ signV4 }} from {json.dumps(str(root / 'examples/node/idemgate.mjs'))};\n"
+        "const request = JSON.parse(process.env.REQUEST);\n"
+        "request.now = new Date(Date.UTC(2026, 11, 31, 23, 59, 59));\n"
+        "console.log(JSON.stringify(signV4(request)));\n"
+    )
+    run = subprocess.run(
+        [node, "--input-type=module", "-e", script],
+        env={**os.environ, "REQUEST": json.dumps({**request, "credentials": credentials})},
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+        check=True,
+    )
+    ours = sign_headers(
+        **{**request, "body": str(request["body"]).encode()},  # type: ignore[arg-type]
+        credentials=AwsCredentials(
+            access_key="ASIA1", secret_key="s/e+c=r", session_token="t" * 300
+        ),
+        now=datetime.datetime(2026, 12, 31, 23, 59, 59, tzinfo=datetime.UTC),
+    )
+    assert json.loads(run.stdout) == ours
