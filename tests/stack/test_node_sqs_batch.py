@@ -6,6 +6,7 @@ poller in ``sqs_poller`` receives, invokes and deletes as Lambda's would.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import pytest
 from sqs_poller import Poller, create_queue, create_queue_with_redrive, queue_size, visible_at_ms
 
 from idemgate.testing import GatewayServer
+from lambda_adapter._sigv4 import AwsCredentials, sign_headers
 
 NODE_TIMEOUT_S = 30
 
@@ -128,6 +130,28 @@ def test_node_sets_the_computed_visibility_timeout_on_the_server(
     assert poller.receive() == []
 
 
+def test_node_logs_a_refused_visibility_change_and_still_reports_the_failure(
+    node: str,
+    root: Path,
+    environment: dict[str, str],
+    sqs: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queue = create_queue(sqs, f"node-{uuid.uuid4().hex[:10]}")
+    _send(sqs, queue.url, "o-1")
+    poller = Poller(sqs, queue)
+    [message] = poller.receive()
+    invoke = _node_invoke(node, root, environment, FAIL="o-1", AWS_SECRET_ACCESS_KEY="wrong")
+    assert invoke(poller.event([message])) == {
+        "batchItemFailures": [{"itemIdentifier": message["MessageId"]}]
+    }
+    incidents = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [refused] = [i for i in incidents if i.get("incident") == "sqs_call_failed"]
+    assert "HTTP 403" in refused["message"]
+    [failed] = [i for i in incidents if i.get("incident") == "record_failed"]
+    assert failed["visibility_timeout_s"] is None
+
+
 def test_node_fifo_groups_and_deadline(
     node: str, root: Path, environment: dict[str, str], sqs: Any
 ) -> None:
@@ -154,10 +178,6 @@ def test_node_fifo_groups_and_deadline(
 
 def test_node_signs_as_the_python_adapter_and_so_as_botocore(node: str, root: Path) -> None:
     """The Python signer is checked against botocore (tests/adapter/test_sigv4.py)."""
-    import datetime
-
-    from lambda_adapter._sigv4 import AwsCredentials, sign_headers
-
     request = {
         "method": "POST",
         "url": "https://sqs.eu-west-3.amazonaws.com/a%20b/c?b=2&a=1&a=0&Action=List",
