@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import botocore.exceptions
 import pytest
-from conftest import MotoServer
 
 
 def test_moto_server_refuses_a_wrong_signature_and_accepts_temporary_credentials(
-    moto_server: MotoServer,
+    moto_server: Any,  # conftest.MotoServer: "conftest" may name tests/stack/conftest.py
 ) -> None:
     credentials = moto_server.temporary_credentials("moto-self-test", actions=["sts:*"])
     assert credentials["aws_session_token"]
