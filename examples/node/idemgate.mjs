@@ -13,6 +13,78 @@
 
 import { createHash, createHmac } from "node:crypto";
 
+/**
+ * AWS Signature Version 4 for the SQS calls of `processSqsBatch`: the headers to send, with
+ * `host`, `x-amz-date`, the session token and `authorization` (names lower-case). Every header
+ * passed in is signed; `body` is a string or bytes, hashed in full. Tested against AWS's
+ * published test-suite vectors (test/sigv4.test.mjs) and a signature-checking SQS server.
+ */
+export function signV4({
+  method,
+  url,
+  headers = {},
+  body = "",
+  credentials,
+  region,
+  service,
+  now,
+}) {
+  const target = new URL(url);
+  const amzDate = (now ?? new Date())
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d{3}/, "");
+  const date = amzDate.slice(0, 8);
+  const signed = Object.fromEntries(
+    Object.entries(headers).map(([name, value]) => [name.toLowerCase(), String(value)]),
+  );
+  signed.host = target.host;
+  signed["x-amz-date"] = amzDate;
+  if (credentials.sessionToken) signed["x-amz-security-token"] = credentials.sessionToken;
+  const names = Object.keys(signed).sort();
+  const canonicalHeaders = names
+    .map((name) => `${name}:${signed[name].trim().replace(/\s+/g, " ")}\n`)
+    .join("");
+  const query = [...target.searchParams]
+    .map(([name, value]) => [awsEncode(name), awsEncode(value)])
+    .sort(([a, x], [b, y]) => (a === b ? compare(x, y) : compare(a, b)))
+    .map(([name, value]) => `${name}=${value}`)
+    .join("&");
+  // The path as sent, encoded once more: AWS's rule for every service but S3.
+  const path = target.pathname.split("/").map(awsEncode);
+  const canonicalRequest = [
+    method.toUpperCase(),
+    path.join("/") || "/",
+    query,
+    canonicalHeaders,
+    names.join(";"),
+    createHash("sha256").update(body).digest("hex"),
+  ].join("\n");
+  const scope = `${date}/${region}/${service}/aws4_request`;
+  const stringToSign = [
+    "AWS4-HMAC-SHA256",
+    amzDate,
+    scope,
+    createHash("sha256").update(canonicalRequest).digest("hex"),
+  ].join("\n");
+  const hmac = (key, text) => createHmac("sha256", key).update(text).digest();
+  let key = `AWS4${credentials.secretAccessKey}`;
+  for (const part of [date, region, service, "aws4_request"]) key = hmac(key, part);
+  const signature = createHmac("sha256", key).update(stringToSign).digest("hex");
+  signed.authorization =
+    `AWS4-HMAC-SHA256 Credential=${credentials.accessKeyId}/${scope}, ` +
+    `SignedHeaders=${names.join(";")}, Signature=${signature}`;
+  return signed;
+}
+
+// Percent-encoding per SigV4: everything but A-Z a-z 0-9 - _ . ~
+const awsEncode = (text) =>
+  encodeURIComponent(text).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+const compare = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+
 const KEY_UNSAFE = /[^A-Za-z0-9._~@=+-]/gu;
 const MAX_PREFIX = 190; // a key is at most 255: less ":" and 64 hex digits
 const MAX_LEASE_MS = 900_000;
@@ -345,76 +417,11 @@ export function idempotent(
 const GET_CALLER_IDENTITY = "Action=GetCallerIdentity&Version=2011-06-15";
 const IAM_REUSE_MS = 240_000; // the gateway accepts a proof for 300 s by default
 
-// RFC 3986 percent-encoding, as SigV4 asks: everything but A-Z a-z 0-9 - _ . ~
-const percent = (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`;
-const rfc3986 = (text) => encodeURIComponent(text).replace(/[!'()*]/g, percent);
-
-const hmac = (key, text) => createHmac("sha256", key).update(text, "utf8").digest();
-const hex = (data) => createHash("sha256").update(data).digest("hex");
-
-function canonicalQuery(query) {
-  const pairs = query
-    ? query.split("&").map((part) => {
-        const [name, value = ""] = part.split(/=(.*)/s);
-        return [rfc3986(decodeURIComponent(name)), rfc3986(decodeURIComponent(value))];
-      })
-    : [];
-  pairs.sort(([a, x], [b, y]) => (a < b ? -1 : a > b ? 1 : x < y ? -1 : x > y ? 1 : 0));
-  return pairs.map(([name, value]) => `${name}=${value}`).join("&");
-}
-
-/**
- * AWS Signature Version 4 for a header-signed request: the headers given (names lower-cased)
- * plus host, x-amz-date, x-amz-security-token (for temporary credentials) and authorization.
- * Tested against AWS's published test suite and the Python adapter's signer.
- */
-export function signHeaders({
-  method,
-  url,
-  headers = {},
-  body = "",
-  credentials,
-  region,
-  service,
-  now = new Date(),
-}) {
-  const target = new URL(url);
-  const amzDate = now.toISOString().replace(/[-:]/g, "").replace(/\.\d{3}/, "");
-  const date = amzDate.slice(0, 8);
-  const signed = {};
-  for (const [name, value] of Object.entries(headers)) signed[name.toLowerCase()] = String(value);
-  signed.host = target.host;
-  signed["x-amz-date"] = amzDate;
-  if (credentials.sessionToken) signed["x-amz-security-token"] = credentials.sessionToken;
-  const names = Object.keys(signed).sort();
-  const signedNames = names.join(";");
-  const path = decodeURIComponent(target.pathname || "/").split("/").map(rfc3986).join("/");
-  const canonicalRequest = [
-    method.toUpperCase(),
-    path,
-    canonicalQuery(target.search.replace(/^\?/, "")),
-    names.map((name) => `${name}:${signed[name].trim().split(/\s+/).join(" ")}\n`).join(""),
-    signedNames,
-    hex(body),
-  ].join("\n");
-  const scope = `${date}/${region}/${service}/aws4_request`;
-  const stringToSign = ["AWS4-HMAC-SHA256", amzDate, scope, hex(canonicalRequest)].join("\n");
-  const key = [date, region, service, "aws4_request"].reduce(
-    (k, part) => hmac(k, part),
-    `AWS4${credentials.secretKey}`,
-  );
-  const signature = createHmac("sha256", key).update(stringToSign, "utf8").digest("hex");
-  signed.authorization =
-    `AWS4-HMAC-SHA256 Credential=${credentials.accessKey}/${scope}, ` +
-    `SignedHeaders=${signedNames}, Signature=${signature}`;
-  return signed;
-}
-
 /** The credentials Lambda sets for the execution role, or undefined. */
 export function credentialsFromEnvironment(env = process.env) {
-  const { AWS_ACCESS_KEY_ID: accessKey, AWS_SECRET_ACCESS_KEY: secretKey } = env;
-  if (!accessKey || !secretKey) return undefined;
-  return { accessKey, secretKey, sessionToken: env.AWS_SESSION_TOKEN || undefined };
+  const { AWS_ACCESS_KEY_ID: accessKeyId, AWS_SECRET_ACCESS_KEY: secretAccessKey } = env;
+  if (!accessKeyId || !secretAccessKey) return undefined;
+  return { accessKeyId, secretAccessKey, sessionToken: env.AWS_SESSION_TOKEN || undefined };
 }
 
 /** `Authorization: AWS4-IAM ...` for this function's role, re-signed before it gets old. */
@@ -450,7 +457,7 @@ export class IamAuthorization {
 
   /** The proof: base64 of the signed GetCallerIdentity request, as JSON. */
   sign(now) {
-    const headers = signHeaders({
+    const headers = signV4({
       method: "POST",
       url: this.stsUrl,
       headers: {
@@ -466,4 +473,229 @@ export class IamAuthorization {
     const request = { url: this.stsUrl, headers, body: GET_CALLER_IDENTITY };
     return Buffer.from(JSON.stringify(request)).toString("base64");
   }
+}
+const MAX_VISIBILITY_S = 43_200; // SQS's limit: 12 hours
+const SQS_CALLS_MS = 1000; // kept, beyond reserveMs, for the SQS calls at the end of a batch
+const QUEUE_ARN = /^arn:aws[a-z-]*:sqs:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,80}(?:\.fifo)?)$/;
+
+/**
+ * How long a failed SQS message stays hidden, in whole seconds: `min(capS, baseS *
+ * 2**receiveCount)` plus a jitter uniform over `[0, jitterS]`, at most 43,200 (as the Python
+ * adapter's `SqsBackoff`).
+ */
+export function sqsVisibilityTimeoutS(
+  receiveCount,
+  { baseS = 1, capS = 900, jitterS = 5 } = {},
+  random = Math.random,
+) {
+  const exponential = baseS * 2 ** Math.min(Math.max(receiveCount, 0), 64);
+  return Math.min(MAX_VISIBILITY_S, Math.ceil(Math.min(capS, exponential) + random() * jitterS));
+}
+
+function logIncident(level, incident, message, details) {
+  const line = JSON.stringify({ incident, level, message, ...details });
+  if (level === "ERROR") console.error(line);
+  else console.warn(line);
+}
+
+/**
+ * Run `recordHandler(record)` once per message of an SQS event; return the partial batch
+ * response `{batchItemFailures}` for an event source mapping with ReportBatchItemFailures.
+ *
+ * Each record is idempotent on its own (`eventKey(record)`, default its messageId); a completed
+ * one is not run again. A record whose handler threw, that another consumer holds, or whose
+ * payload does not match its key's is reported failed; in a FIFO queue, so are the later
+ * messages of a group that failed, without running. Records are not started with less than
+ * `stopBelowMs` left. With `backoff` ({baseS, capS, jitterS}), failed messages are hidden for
+ * `sqsVisibilityTimeoutS` and unstarted ones made visible at once, by a SigV4-signed
+ * ChangeMessageVisibilityBatch call (credentials from the environment, endpoint
+ * `sqsEndpointUrl`, else AWS_ENDPOINT_URL_SQS, else the region's).
+ */
+export async function processSqsBatch(
+  event,
+  context,
+  recordHandler,
+  {
+    client,
+    handlerName = process.env._HANDLER,
+    eventKey = (record) => record.messageId,
+    payloadValidation,
+    expiresAfterSeconds,
+    reserveMs = 500,
+    stopBelowMs = reserveMs + SQS_CALLS_MS,
+    backoff,
+    sqsEndpointUrl = process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL,
+  },
+) {
+  if (!client) throw new TypeError("pass client: an IdemgateClient");
+  const records = event?.Records;
+  if (
+    !Array.isArray(records) ||
+    !records.every((r) => typeof r?.messageId === "string" && r.messageId)
+  ) {
+    throw new TypeError("not an SQS event: expected {Records: [{messageId, ...}, ...]}");
+  }
+  const remainingMs = context?.getRemainingTimeInMillis();
+  const budget = new Budget(remainingMs === undefined ? undefined : remainingMs - reserveMs);
+  const run = idempotent((record) => recordHandler(record), {
+    client,
+    handlerName,
+    eventKey,
+    payloadValidation,
+    expiresAfterSeconds,
+    reserveMs,
+  });
+  const failures = [];
+  const failedGroups = new Set();
+  for (const [index, record] of records.entries()) {
+    if (context && context.getRemainingTimeInMillis() < stopBelowMs) {
+      for (const rest of records.slice(index)) {
+        failures.push({
+          record: rest,
+          reason: "not started: too little time left",
+          started: false,
+        });
+      }
+      break;
+    }
+    const group = record.attributes?.MessageGroupId;
+    if (group !== undefined && failedGroups.has(group)) {
+      failures.push({
+        record,
+        reason: "not started: an earlier message of its group failed",
+        started: false,
+      });
+      continue;
+    }
+    try {
+      await run(record, context);
+    } catch (error) {
+      failures.push({ record, reason: `${error.name}: ${error.message}`, started: true, error });
+      if (group !== undefined) failedGroups.add(group);
+    }
+  }
+  const timeouts = new Map();
+  if (backoff && failures.length) {
+    for (const { record, started } of failures) {
+      const receives = Number(record.attributes?.ApproximateReceiveCount ?? 1);
+      timeouts.set(record.messageId, started ? sqsVisibilityTimeoutS(receives, backoff) : 0);
+    }
+    await changeVisibility(failures, timeouts, {
+      sqsEndpointUrl,
+      budget,
+      maxCallMs: client.maxCallMs,
+    });
+  }
+  for (const { record, reason, error } of failures) {
+    const details = {
+      message_id: record.messageId,
+      visibility_timeout_s: timeouts.get(record.messageId) ?? null,
+    };
+    if (error instanceof IdempotencyValidationError) {
+      logIncident(
+        "ERROR",
+        "fingerprint_mismatch",
+        `a producer sent a different payload under a key already used: a client bug; ${reason}`,
+        details,
+      );
+    } else {
+      logIncident("WARNING", "record_failed", reason, details);
+    }
+  }
+  return {
+    batchItemFailures: failures.map(({ record }) => ({ itemIdentifier: record.messageId })),
+  };
+}
+
+/** Sets the visibility timeouts, ten messages a call; a refusal is logged and forgotten. */
+async function changeVisibility(failures, timeouts, { sqsEndpointUrl, budget, maxCallMs }) {
+  const byQueue = new Map();
+  for (const { record } of failures) {
+    const entries = byQueue.get(record.eventSourceARN) ?? [];
+    entries.push(record);
+    byQueue.set(record.eventSourceARN, entries);
+  }
+  for (const [arn, records] of byQueue) {
+    for (let start = 0; start < records.length; start += 10) {
+      const chunk = records.slice(start, start + 10);
+      try {
+        const answer = await sqsCall(
+          arn,
+          "ChangeMessageVisibilityBatch",
+          (queueUrl) => ({
+            QueueUrl: queueUrl,
+            Entries: chunk.map((record, index) => ({
+              Id: String(index),
+              ReceiptHandle: record.receiptHandle,
+              VisibilityTimeout: timeouts.get(record.messageId),
+            })),
+          }),
+          { sqsEndpointUrl, budget, maxCallMs },
+        );
+        for (const failed of answer.Failed ?? []) {
+          const record = chunk[Number(failed.Id)];
+          timeouts.delete(record.messageId);
+          logIncident("WARNING", "sqs_call_failed", `${failed.Code}: ${failed.Message}`, {
+            message_id: record.messageId,
+          });
+        }
+      } catch (error) {
+        for (const record of chunk) {
+          timeouts.delete(record.messageId);
+          logIncident(
+            "WARNING",
+            "sqs_call_failed",
+            `${error.message} (the message comes back after the queue's visibility timeout)`,
+            { message_id: record.messageId },
+          );
+        }
+      }
+    }
+  }
+}
+
+/** One SigV4-signed call of SQS's JSON protocol, cut at the budget's end. */
+async function sqsCall(queueArn, action, request, { sqsEndpointUrl, budget, maxCallMs }) {
+  const match = QUEUE_ARN.exec(queueArn ?? "");
+  if (!match) throw new Error(`${queueArn} is not an SQS queue ARN`);
+  const [, region, account, name] = match;
+  const credentials = credentialsFromEnvironment();
+  if (!credentials) throw new Error("no AWS credentials in the environment to sign SQS calls with");
+  const timeoutMs = Math.min(maxCallMs, budget.left());
+  if (timeoutMs <= 0) throw new Error(`no time was left in the invocation's budget for ${action}`);
+  const endpoint = (sqsEndpointUrl ?? `https://sqs.${region}.amazonaws.com`).replace(/\/+$/, "");
+  const body = JSON.stringify(request(`${endpoint}/${account}/${name}`));
+  const headers = signV4({
+    method: "POST",
+    url: `${endpoint}/`,
+    headers: {
+      "content-type": "application/x-amz-json-1.0",
+      "x-amz-target": `AmazonSQS.${action}`,
+    },
+    body,
+    credentials,
+    region,
+    service: "sqs",
+  });
+  delete headers.host; // fetch sets it, from the URL
+  let response;
+  try {
+    response = await fetch(`${endpoint}/`, {
+      method: "POST",
+      headers,
+      body,
+      signal: AbortSignal.timeout(Math.ceil(timeoutMs)),
+    });
+  } catch (error) {
+    throw new Error(`${action} failed: ${error.name}: ${error.message}`, { cause: error });
+  }
+  const text = await response.text();
+  const answer = jsonObject(text);
+  if (response.status !== 200) {
+    const kind = String(answer.__type ?? `HTTP ${response.status}`)
+      .split("#")
+      .pop();
+    throw new Error(`SQS refused ${action}: ${kind}: ${answer.message ?? text.slice(0, 200)}`);
+  }
+  return answer;
 }

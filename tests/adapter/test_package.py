@@ -37,7 +37,9 @@ def test_the_public_names_are_pinned() -> None:
         "CustomDictSerializer",
         "DataRecord",
         "DataclassSerializer",
+        "DeadLetterHandoff",
         "DynamoDBPersistenceLayer",
+        "EventKey",
         "GatewayPersistenceLayer",
         "IdempotencyAlreadyInProgressError",
         "IdempotencyConfig",
@@ -60,8 +62,11 @@ def test_the_public_names_are_pinned() -> None:
         "LambdaContext",
         "NoOpSerializer",
         "PydanticSerializer",
+        "SqsBackoff",
         "idempotent",
         "idempotent_function",
+        "process_records",
+        "process_sqs_batch",
     ]
 
 

@@ -11,6 +11,13 @@ Powertools' names are here too (``DynamoDBPersistenceLayer``, the serializers, t
 so a migration changes the import lines only. See docs/lambda-adapter.md.
 """
 
+from ._batch import (
+    DeadLetterHandoff,
+    EventKey,
+    SqsBackoff,
+    process_records,
+    process_sqs_batch,
+)
 from ._config import DataRecord, IdempotencyConfig, IdempotentHookFunction, LambdaContext
 from ._exceptions import (
     IdempotencyAlreadyInProgressError,
@@ -47,7 +54,9 @@ __all__ = [
     "CustomDictSerializer",
     "DataRecord",
     "DataclassSerializer",
+    "DeadLetterHandoff",
     "DynamoDBPersistenceLayer",
+    "EventKey",
     "GatewayPersistenceLayer",
     "IdempotencyAlreadyInProgressError",
     "IdempotencyConfig",
@@ -70,6 +79,9 @@ __all__ = [
     "LambdaContext",
     "NoOpSerializer",
     "PydanticSerializer",
+    "SqsBackoff",
     "idempotent",
     "idempotent_function",
+    "process_records",
+    "process_sqs_batch",
 ]
