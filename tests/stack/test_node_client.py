@@ -181,11 +181,11 @@ def test_node_signs_exactly_as_the_python_adapter_does(node: str, root: Path) ->
 
     now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     script = (
-        f"import {{ signHeaders }} from {json.dumps(str(root / 'examples/node/idemgate.mjs'))};"
+        f"import {{ signV4 }} from {json.dumps(str(root / 'examples/node/idemgate.mjs'))};"
         "const cases = JSON.parse(process.env.CASES);"
-        "console.log(JSON.stringify(cases.map((c) => signHeaders({method: c.method, url: c.url,"
+        "console.log(JSON.stringify(cases.map((c) => signV4({method: c.method, url: c.url,"
         " body: c.body, headers: {'X-Idemgate-Server-Id': ' gw  1 '},"
-        " credentials: {accessKey: 'AKID', secretKey: 'se/cret', sessionToken: c.token},"
+        " credentials: {accessKeyId: 'AKID', secretAccessKey: 'se/cret', sessionToken: c.token},"
         " region: 'eu-west-1', service: 'sts', now: new Date(Date.UTC(2026, 0, 2, 3, 4, 5))}))));"
     )
     run = subprocess.run(
