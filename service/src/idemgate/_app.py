@@ -8,9 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from idemgate import __version__
-from idemgate._observability import RequestContextMiddleware
+from idemgate._observability import (
+    NamespaceCounters,
+    RequestContextMiddleware,
+    preregister_request_series,
+)
 from idemgate._problems import (
     body_too_large_response,
     install_problem_handlers,
@@ -63,14 +68,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
     app.include_router(health.router)
     install_problem_handlers(app)
+    preregister_request_series(
+        (route.path, method)
+        for route in records.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    )
     app.add_middleware(records.RecordsLane)  # inside the request context: added first
     app.add_middleware(
         RequestContextMiddleware,
         log_requests=settings.access_log,
         max_body_bytes=settings.max_result_bytes * 2 + _BODY_OVERHEAD_BYTES,
+        namespaces=app.state.namespace_counters,
         internal_error=internal_error_response,
         body_too_large=body_too_large_response,
     )

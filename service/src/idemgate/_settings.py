@@ -33,3 +33,5 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    # Each namespace label costs six series per worker; the rest are counted under "other".
+    metrics_max_namespaces: int = Field(default=300, ge=0)

@@ -186,6 +186,7 @@ async def claim(
     record = answer.record
     if answer.claimed:
         request.state.outcome = "claimed"
+        request.state.attempt = record.attempt
         return _json(
             {
                 "outcome": "claimed",
