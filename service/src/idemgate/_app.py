@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
+    app.include_router(records.listing_router)
     app.include_router(health.router)
     install_problem_handlers(app)
     preregister_request_series(
