@@ -25,6 +25,7 @@ from idemgate._records import RecordService, epoch_ms
 from idemgate._routers import health, records
 from idemgate._settings import Settings
 from idemgate._storage import Storage, open_storage
+from idemgate._storage._sqlite import SQLiteStorage
 
 __all__ = ["create_app"]
 
@@ -54,7 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = open_storage(settings)
         app.state.records = RecordService(storage)
         sweeper = asyncio.create_task(_sweep_forever(storage, settings.sweep_interval_s))
-        logger.info("serving with %s storage", storage.name)
+        if isinstance(storage, SQLiteStorage):
+            logger.info("serving with sqlite storage in %s", storage.path.resolve())
+        else:
+            logger.info("serving with %s storage", storage.name)
         try:
             yield
         finally:
