@@ -22,7 +22,7 @@ from idemgate._problems import (
     internal_error_response,
 )
 from idemgate._records import RecordService, epoch_ms
-from idemgate._routers import health, records
+from idemgate._routers import console, health, records
 from idemgate._settings import Settings
 from idemgate._storage import Storage, open_storage
 from idemgate._storage._sqlite import SQLiteStorage
@@ -70,12 +70,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="An HTTP idempotency gateway: claim a key, run the work once, replay its result.",
         lifespan=lifespan,
+        docs_url=None,  # served by console.install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
     app.include_router(records.listing_router)
     app.include_router(health.router)
+    app.include_router(console.router)
+    console.install_docs(app)
     install_problem_handlers(app)
     preregister_request_series(
         (route.path, method)

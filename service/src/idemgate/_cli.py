@@ -25,6 +25,8 @@ _DESCRIPTION = (
     "on the records of a running gateway, or back up its SQLite file."
 )
 _DEFAULT_URL = "http://127.0.0.1:8080"
+# Table and index creation is a control-plane call, run once: it may take seconds to answer.
+_CREATE_TABLE_TIMEOUT_MS = 30_000
 
 
 def _setting(text: str, name: str) -> str:
@@ -150,7 +152,7 @@ def _create_table(args: argparse.Namespace) -> None:
         client = DynamoDBClient(
             location,
             pool_size=1,
-            timeout_ms=settings.storage_timeout_ms,
+            timeout_ms=max(settings.storage_timeout_ms, _CREATE_TABLE_TIMEOUT_MS),
             max_attempts=settings.storage_max_attempts,
         )
         try:
