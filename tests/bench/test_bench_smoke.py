@@ -25,7 +25,7 @@ SECTIONS = [
     "## 6. Deadline adherence",
     "## Machine",
     "## Versions",
-    "## Commands",
+    "## How to re-run",
 ]
 TARGET_COUNT = 13
 
