@@ -199,7 +199,7 @@ class RecordService:
         stored = await self.storage.get(namespace, key)
         return stored if stored is not None and stored.is_live(now) else None
 
-    async def list(
+    async def list_namespace(
         self, namespace: str, *, status: Status | None, cursor: str | None, limit: int
     ) -> Listing:
         """Up to ``limit`` live records of ``namespace`` in ``status`` (any when None).

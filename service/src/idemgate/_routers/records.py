@@ -298,7 +298,9 @@ async def list_records(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 20,
 ) -> Response:
     """Answers `{"items": [record as GET shows it, ...], "cursor": next page or null}`."""
-    listing = await records_of(request).list(namespace, status=status, cursor=cursor, limit=limit)
+    listing = await records_of(request).list_namespace(
+        namespace, status=status, cursor=cursor, limit=limit
+    )
     return _json(
         {"items": [_shown(record) for record in listing.records], "cursor": listing.cursor}
     )
