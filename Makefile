@@ -14,7 +14,7 @@ VENV_PYTHON := $(abspath $(VENV))/bin/python
 
 export IDEMGATE_DYNAMODB_LOCAL_DIR := $(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: help run test lint typecheck pytest stack soak bench clean wrk layer
+.PHONY: help run test lint typecheck pytest stack soak bench clean wrk layer promtool chromium
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8080 (embedded SQLite)"
@@ -44,6 +44,18 @@ wrk:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
 	  else echo "error: the benchmarks need wrk: sudo apt-get install wrk" >&2; exit 1; fi; }
 
+# promtool checks deploy/prometheus-alerts.yml in the tests; Debian ships it in prometheus.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "error: the tests need promtool: sudo apt-get install prometheus" >&2; exit 1; fi; }
+
+# The console's test loads /console in headless Chromium, from Debian's packages.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "error: the tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 run: $(VENV)/.synced
 	$(VENV)/bin/idemgate serve
 
@@ -54,7 +66,7 @@ lint: $(VENV)/.synced
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk
+pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk promtool chromium
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest

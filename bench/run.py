@@ -30,7 +30,7 @@ from bench import (
 )
 from bench._lab import Lab
 from bench._wrk import require_wrk
-from bench.report import Section, Table, render
+from bench.report import Section, Table, render, rerun_text
 
 __all__ = ["main"]
 
@@ -187,13 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark process share its cores, so absolute figures are for this box only; the "
         "ratios are what carries over.",
     ]
-    commands = ["make bench   # runs: .venv/bin/python -m bench", command, *lab.commands]
     report = render(
         sections=sections,
         header=header,
         machine=_machine(load_before),
         versions=versions,
-        commands=commands,
+        rerun=rerun_text(command=command, benchmarks=list(BENCHMARKS), commands=lab.commands),
         design=(Path(__file__).parent / "design.md").read_text(),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)

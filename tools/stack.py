@@ -4,6 +4,9 @@ DynamoDB Local on 127.0.0.1:8000, the table made by the compose `init` service's
 compose `gateway` service's command on 127.0.0.1:8080. Both commands and their environments are
 read from docker-compose.yml, with the containers' addresses swapped for loopback, so the two
 stacks cannot drift apart. Ctrl-C or SIGTERM stops everything this script started.
+
+The ports come from the environment: IDEMGATE_PORT for the gateway (the gateway's own setting)
+and IDEMGATE_DYNAMODB_LOCAL_PORT for DynamoDB Local.
 """
 
 from __future__ import annotations
@@ -25,20 +28,24 @@ from typing import Any
 
 import yaml
 
+from idemgate._settings import Settings
 from idemgate.testing import DynamoDBLocal
 from idemgate.testing import _stop as stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DYNAMODB_PORT = 8000
-GATEWAY_PORT = 8080
+COMPOSE_DYNAMODB_PORT = 8000
+DYNAMODB_PORT = int(os.environ.get("IDEMGATE_DYNAMODB_LOCAL_PORT", COMPOSE_DYNAMODB_PORT))
+GATEWAY_PORT = Settings().port
 GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
 # In compose, services reach each other by service name and the gateway listens on every
 # interface of its container; here everything stays on loopback.
 LOOPBACK_ADDRESSES = {
-    f"http://dynamodb:{DYNAMODB_PORT}": f"http://127.0.0.1:{DYNAMODB_PORT}",
+    f"http://dynamodb:{COMPOSE_DYNAMODB_PORT}": f"http://127.0.0.1:{DYNAMODB_PORT}",
     "0.0.0.0": "127.0.0.1",
 }
+# The compose file fixes the port inside the gateway's container; here it is the setting's.
+PORT_OVERRIDES = {"IDEMGATE_PORT": str(GATEWAY_PORT)}
 READY_TIMEOUT_S = 60.0
 INIT_RETRY_PAUSE_S = 1.0
 
@@ -63,7 +70,10 @@ def compose_step(compose: dict[str, Any], service: str) -> Step:
     executable, *args = spec["command"]
     return Step(
         command=[str(Path(sys.executable).parent / executable), *map(_on_loopback, args)],
-        environment={name: _on_loopback(str(value)) for name, value in spec["environment"].items()},
+        environment={
+            name: PORT_OVERRIDES.get(name, _on_loopback(str(value)))
+            for name, value in spec["environment"].items()
+        },
     )
 
 

@@ -26,7 +26,7 @@ SECTIONS = [
     "## 7. Authentication CPU per request",
     "## Machine",
     "## Versions",
-    "## Commands",
+    "## How to re-run",
 ]
 TARGET_COUNT = 15
 

@@ -249,3 +249,86 @@ async def test_sweep_deletes_only_expired_records(storage: Storage) -> None:
     assert await storage.get(live.namespace, live.key) == live
     if storage.name == "sqlite":
         assert await storage.get(expired.namespace, expired.key) is None
+
+
+async def all_pages(storage: Storage, namespace: str, limit: int) -> list[list[Record]]:
+    pages, after = [], None
+    while True:
+        page, after = await storage.list_records(namespace, after=after, limit=limit)
+        pages.append(page)
+        if after is None:
+            return pages
+
+
+async def test_list_records_pages_a_namespace_latest_lease_first(storage: Storage) -> None:
+    first = in_progress()
+    records = [
+        dataclasses.replace(first, key=f"k{index}", lease_expires_at=first.lease_expires_at + index)
+        for index in range(7)
+    ]
+    records[2] = dataclasses.replace(records[2], expires_at_s=NOW_S - 1)  # expired: still listed
+    for record in records:
+        await storage.create(record, now_s=NOW_S - 10)
+    await storage.create(in_progress(key="elsewhere"), now_s=NOW_S)  # another namespace
+    pages = await all_pages(storage, first.namespace, limit=3)
+    listed = [record for page in pages for record in page]
+    assert listed == sorted(records, key=lambda record: -record.lease_expires_at)
+    assert all(len(page) <= 3 for page in pages)
+
+
+async def test_list_records_visits_records_with_one_lease_end_once_each(storage: Storage) -> None:
+    first = in_progress()
+    keys = {f"same-{index}" for index in range(5)}
+    for key in keys:
+        await storage.create(dataclasses.replace(first, key=key), now_s=NOW_S)
+    listed = [
+        record.key for page in await all_pages(storage, first.namespace, 2) for record in page
+    ]
+    assert sorted(listed) == sorted(keys)
+
+
+async def test_list_records_continues_after_any_listed_record(storage: Storage) -> None:
+    first = in_progress()
+    for index in range(4):
+        late = first.lease_expires_at + index
+        await storage.create(
+            dataclasses.replace(first, key=f"k{index}", lease_expires_at=late), now_s=NOW_S
+        )
+    page, _ = await storage.list_records(first.namespace, after=None, limit=4)
+    rest, after = await storage.list_records(
+        first.namespace, after=(page[1].lease_expires_at, page[1].key), limit=4
+    )
+    assert rest == page[2:]
+    assert after is None
+    assert await storage.list_records("c-empty-namespace", after=None, limit=5) == ([], None)
+
+
+async def test_end_lease_moves_an_in_progress_lease_end_earlier_only(storage: Storage) -> None:
+    record = in_progress()
+    await storage.create(record, now_s=NOW_S)
+    now_ms = NOW_S * 1000
+    ended = dataclasses.replace(record, lease_expires_at=now_ms)
+    assert await storage.end_lease(record.namespace, record.key, lease_expires_at=now_ms) == ended
+    assert await storage.get(record.namespace, record.key) == ended
+    later = now_ms + 120_000
+    assert await storage.end_lease(record.namespace, record.key, lease_expires_at=later) == ended
+    assert await storage.get(record.namespace, record.key) == ended
+
+
+async def test_end_lease_leaves_a_completed_record_and_knows_absence(storage: Storage) -> None:
+    record = in_progress()
+    await storage.create(record, now_s=NOW_S)
+    done = await storage.complete(
+        record.namespace,
+        record.key,
+        "token-1",
+        result='{"ok":true}',
+        completed_at=NOW_S * 1000,
+        expires_base_s=NOW_S,
+        ttl_s=None,
+        now_s=NOW_S,
+    )
+    assert done is not None
+    assert await storage.end_lease(record.namespace, record.key, lease_expires_at=0) == done
+    assert await storage.get(record.namespace, record.key) == done
+    assert await storage.end_lease(record.namespace, "absent", lease_expires_at=0) is None

@@ -17,7 +17,12 @@ import pytest
 import yaml
 
 from idemgate._cli import main as idemgate
-from idemgate._storage._dynamodb import PARTITION_KEY, TTL_ATTRIBUTE
+from idemgate._storage._dynamodb import (
+    NAMESPACE_ATTRIBUTE,
+    NAMESPACE_INDEX,
+    PARTITION_KEY,
+    TTL_ATTRIBUTE,
+)
 from idemgate.testing import DynamoDBLocal, GatewayServer
 
 
@@ -108,7 +113,19 @@ def test_table_has_the_key_schema_and_ttl_attribute_the_code_uses(
     assert table["Type"] == "AWS::DynamoDB::Table"
     assert properties["KeySchema"] == [{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}]
     assert properties["AttributeDefinitions"] == [
-        {"AttributeName": PARTITION_KEY, "AttributeType": "S"}
+        {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+        {"AttributeName": NAMESPACE_ATTRIBUTE, "AttributeType": "S"},
+        {"AttributeName": "lease_expires_at", "AttributeType": "N"},
+    ]
+    assert properties["GlobalSecondaryIndexes"] == [
+        {
+            "IndexName": NAMESPACE_INDEX,
+            "KeySchema": [
+                {"AttributeName": NAMESPACE_ATTRIBUTE, "KeyType": "HASH"},
+                {"AttributeName": "lease_expires_at", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }
     ]
     assert properties["TimeToLiveSpecification"] == {
         "AttributeName": TTL_ATTRIBUTE,
@@ -145,12 +162,17 @@ def test_policy_grants_exactly_what_the_gateway_does_and_only_on_its_table(
         assert http.post("/v1/records/iam/k2/extend", json={**held, "lease_ms": 5000}).is_success
         assert http.post("/v1/records/iam/k2/release", json=held).status_code == 204
         assert http.get("/readyz").status_code == 200
+        assert http.post("/v1/records/iam/k3/claim", json={}).status_code == 201
+        assert http.post("/v1/records/iam/k3/expire").status_code == 200
+        assert http.get("/v1/records/iam").json()["items"][0]["key"] == "k3"
 
-    [statement] = template["Resources"]["GatewayPolicy"]["Properties"]["PolicyDocument"][
+    items, listing = template["Resources"]["GatewayPolicy"]["Properties"]["PolicyDocument"][
         "Statement"
     ]
-    assert statement["Effect"] == "Allow"
-    assert statement["Resource"] == {"Fn::GetAtt": ["RecordsTable", "Arn"]}
-    assert {action.removeprefix("dynamodb:") for action in statement["Action"]} == (
-        recording_proxy.actions
-    )
+    assert items["Effect"] == listing["Effect"] == "Allow"
+    assert items["Resource"] == {"Fn::GetAtt": ["RecordsTable", "Arn"]}
+    assert listing["Resource"] == {"Fn::Sub": f"${{RecordsTable.Arn}}/index/{NAMESPACE_INDEX}"}
+    assert listing["Action"] == ["dynamodb:Query"]
+    assert {
+        action.removeprefix("dynamodb:") for action in items["Action"] + listing["Action"]
+    } == recording_proxy.actions

@@ -1,7 +1,8 @@
-"""`make stack` as a person runs it: real processes on 127.0.0.1:8000 and :8080, then stopped.
+"""`make stack` as a person runs it: real processes on 127.0.0.1, then stopped.
 
 Each test starts `make` in a session of its own, so every process of the stack can be found (and
-shown to be gone) by that session's id.
+shown to be gone) by that session's id. The ports are free ones, given as a person would
+override the defaults (8000 and 8080): IDEMGATE_DYNAMODB_LOCAL_PORT and IDEMGATE_PORT.
 """
 
 from __future__ import annotations
@@ -22,13 +23,23 @@ from typing import Any
 import httpx
 import pytest
 
-GATEWAY = "http://127.0.0.1:8080"
-STACK_PORTS = (8000, 8080)
+from idemgate.testing import free_port
+
+DYNAMODB_PORT, GATEWAY_PORT = free_port(), free_port()
+GATEWAY = f"http://127.0.0.1:{GATEWAY_PORT}"
+STACK_PORTS = (DYNAMODB_PORT, GATEWAY_PORT)
+STACK_ENVIRONMENT = {
+    "IDEMGATE_DYNAMODB_LOCAL_PORT": str(DYNAMODB_PORT),
+    "IDEMGATE_PORT": str(GATEWAY_PORT),
+}
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 # In compose, the gateway listens on its container's every interface and reaches DynamoDB by
 # service name; on this machine both are loopback.
-LOOPBACK = {"0.0.0.0": "127.0.0.1", "http://dynamodb:8000": "http://127.0.0.1:8000"}
+LOOPBACK = {
+    "0.0.0.0": "127.0.0.1",
+    "http://dynamodb:8000": f"http://127.0.0.1:{DYNAMODB_PORT}",
+}
 DEV_TOKEN = re.compile(r"development token[^\n]*: (igt_[A-Za-z0-9_-]{43})\n")
 
 
@@ -87,7 +98,12 @@ def make_stack(root: Path) -> Iterator[Stack]:
     busy = [port for port in STACK_PORTS if _listening(port)]
     assert not busy, f"ports {busy} are taken: stop the other stack or `make run` first"
     make = subprocess.Popen(
-        ["make", "stack"], cwd=root, start_new_session=True, stdout=subprocess.PIPE, text=True
+        ["make", "stack"],
+        cwd=root,
+        start_new_session=True,
+        env={**os.environ, **STACK_ENVIRONMENT},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     printed: list[str] = []
     assert make.stdout is not None
@@ -138,7 +154,7 @@ def test_stack_serves_a_claim_complete_round_trip_and_ctrl_c_stops_it_all(
     assert argv[script + 1 :] == [_on_loopback(arg) for arg in gateway["command"][1:]]
     environment = _environment(pid)
     for name, value in gateway["environment"].items():
-        assert environment[name] == _on_loopback(str(value))
+        assert environment[name] == STACK_ENVIRONMENT.get(name, _on_loopback(str(value)))
     assert any("DynamoDBLocal.jar" in " ".join(argv) for argv in processes.values())
 
     # Ctrl-C in a terminal signals the whole foreground process group.

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from idemgate import __version__
 from idemgate._auth import (
@@ -17,7 +18,11 @@ from idemgate._auth import (
     default_sts_url,
     document_security,
 )
-from idemgate._observability import RequestContextMiddleware
+from idemgate._observability import (
+    NamespaceCounters,
+    RequestContextMiddleware,
+    preregister_request_series,
+)
 from idemgate._problems import (
     body_too_large_response,
     error_response,
@@ -25,9 +30,10 @@ from idemgate._problems import (
     internal_error_response,
 )
 from idemgate._records import RecordService, epoch_ms
-from idemgate._routers import health, records
+from idemgate._routers import console, health, records
 from idemgate._settings import Settings
 from idemgate._storage import Storage, open_storage
+from idemgate._storage._sqlite import SQLiteStorage
 
 __all__ = ["create_app"]
 
@@ -71,7 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = open_storage(settings)
         app.state.records = RecordService(storage)
         sweeper = asyncio.create_task(_sweep_forever(storage, settings.sweep_interval_s))
-        logger.info("serving with %s storage", storage.name)
+        if isinstance(storage, SQLiteStorage):
+            logger.info("serving with sqlite storage in %s", storage.path.resolve())
+        else:
+            logger.info("serving with %s storage", storage.name)
         try:
             yield
         finally:
@@ -86,14 +95,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="An HTTP idempotency gateway: claim a key, run the work once, replay its result.",
         lifespan=lifespan,
         redirect_slashes=False,  # a path with a trailing slash is not found, not redirected
+        docs_url=None,  # served by console.install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     if policy is not None:
         describe = app.openapi
         app.openapi = lambda: app.openapi_schema or document_security(describe())  # type: ignore[method-assign]
     app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
+    app.include_router(records.listing_router)
     app.include_router(health.router)
+    app.include_router(console.router)
+    console.install_docs(app)
     install_problem_handlers(app)
+    preregister_request_series(
+        (route.path, method)
+        for route in records.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    )
     app.add_middleware(records.RecordsLane)  # inside the request context: added first
     # Outside the lane, so records calls cannot pass by it; inside the request ID and the log.
     app.add_middleware(AuthGate, policy=policy, iam=iam, error_response=error_response)
@@ -101,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         log_requests=settings.access_log,
         max_body_bytes=settings.max_result_bytes * 2 + _BODY_OVERHEAD_BYTES,
+        namespaces=app.state.namespace_counters,
         internal_error=internal_error_response,
         body_too_large=body_too_large_response,
     )

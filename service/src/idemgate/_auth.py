@@ -65,8 +65,23 @@ logger = logging.getLogger("idemgate.auth")
 TOKEN_PREFIX = "igt_"
 _TOKEN_BYTES = 32
 # They carry no record data; the API's description is public anyway.
+# The console page shows what /metrics does; its records views call the API with a token.
 OPEN_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/console",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    }
+)
+_OPEN_PREFIX = "/docs/assets/"  # Swagger UI's and ReDoc's own files
+# What the client role may do under /v1/records/{namespace}/{key}: the records lifecycle.
+_CLIENT_CALLS = frozenset(
+    {("GET", ""), ("POST", "claim"), ("POST", "complete"), ("POST", "release"), ("POST", "extend")}
 )
 _RECORDS_PREFIX = ["", "v1", "records"]
 _RELOAD_CHECK_INTERVAL_S = 1.0
@@ -510,7 +525,7 @@ class AuthGate:
         root_path: str = scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path.startswith(_OPEN_PREFIX):
             await self.app(scope, receive, send)
             return
         try:
@@ -554,7 +569,9 @@ def _authorise(principal: Principal, method: str, path: str) -> None:
         namespace = names[3]
         if not principal.may_use(namespace):
             raise ForbiddenError(f"{principal.name!r} may not use the namespace {namespace!r}.")
-        if method != "DELETE" or principal.role == "admin":
+        if principal.role == "admin":
+            return
+        if len(names) in (5, 6) and (method, "/".join(names[5:])) in _CLIENT_CALLS:
             return
     elif principal.role == "admin":
         return

@@ -1,15 +1,20 @@
-"""The ``idemgate`` command: ``serve`` the gateway, ``create-table`` in DynamoDB, ``token``s."""
+"""The ``idemgate`` command: serve, create-table, token, records and backup."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from idemgate._exceptions import ConfigurationError, IdemgateError
 from idemgate._settings import Settings
@@ -17,27 +22,99 @@ from idemgate._settings import Settings
 __all__ = ["main"]
 
 
+_DESCRIPTION = (
+    "idemgate: an HTTP idempotency gateway. Serve it, create its DynamoDB table, list and act "
+    "on the records of a running gateway, or back up its SQLite file."
+)
+_DEFAULT_URL = "http://127.0.0.1:8080"
+# Table and index creation is a control-plane call, run once: it may take seconds to answer.
+_CREATE_TABLE_TIMEOUT_MS = 30_000
+
+
+def _setting(text: str, name: str) -> str:
+    """A flag's help, naming its default (the environment's, if set) and that variable."""
+    return f"{text} (default: %(default)s; environment: IDEMGATE_{name.upper()})"
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = Settings()
-    parser = argparse.ArgumentParser(prog="idemgate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="idemgate", description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the gateway over HTTP")
-    serve.add_argument("--host", default=defaults.host, help="address to listen on")
-    serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
-    serve.add_argument("--storage", default=defaults.storage, help="storage URL")
-    serve.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+    serve.add_argument(
+        "--host", default=defaults.host, help=_setting("address to listen on", "host")
+    )
+    serve.add_argument(
+        "--port", type=int, default=defaults.port, help=_setting("port to listen on", "port")
+    )
+    serve.add_argument(
+        "--storage",
+        default=defaults.storage,
+        help=_setting("storage URL", "storage"),
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help=_setting("worker processes", "workers"),
+    )
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",
         default=defaults.allow_anonymous,
-        help="serve a non-loopback address without a policy file: anyone may call",
+        help=_setting(
+            "serve a non-loopback address without a policy file: anyone may call",
+            "allow_anonymous",
+        ),
     )
 
     create = commands.add_parser(
         "create-table", help="create the DynamoDB table with TTL on (harmless to repeat)"
     )
-    create.add_argument("--storage", default=defaults.storage, help="dynamodb://TABLE?... URL")
+    create.add_argument(
+        "--storage",
+        default=defaults.storage,
+        help=_setting("dynamodb://TABLE?... URL", "storage"),
+    )
+
+    records = commands.add_parser(
+        "records", help="list, read, expire or delete records on a running gateway"
+    )
+    records.add_argument(
+        "--url",
+        default=os.environ.get("IDEMGATE_URL", _DEFAULT_URL),
+        help=f"the gateway's base URL (default: {_DEFAULT_URL}; environment: IDEMGATE_URL)",
+    )
+    records.add_argument(
+        "--token",
+        default=os.environ.get("IDEMGATE_TOKEN"),
+        help="sent as 'Authorization: Bearer TOKEN' (environment: IDEMGATE_TOKEN)",
+    )
+    actions = records.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="a namespace's records, latest lease end first")
+    listing.add_argument("namespace")
+    listing.add_argument("--status", choices=("in_progress", "completed"))
+    listing.add_argument("--limit", type=int, default=20, help="records per page (1 to 100)")
+    listing.add_argument("--cursor", help="the cursor a previous page printed")
+    for action, text in (
+        ("get", "one record (never its lease token)"),
+        ("expire", "end an in-progress lease now, so the next claim takes over"),
+        ("delete", "forget a record, so its work runs again"),
+    ):
+        one = actions.add_parser(action, help=text)
+        one.add_argument("namespace")
+        one.add_argument("key")
+
+    backup = commands.add_parser(
+        "backup", help="copy the SQLite file, consistent, while the gateway runs"
+    )
+    backup.add_argument("path", type=Path, help="the backup file to write (must not exist)")
+    backup.add_argument(
+        "--storage",
+        default=defaults.storage,
+        help=_setting("the sqlite:///PATH to back up", "storage"),
+    )
 
     token = commands.add_parser("token", help="bearer tokens in the policy file")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -177,7 +254,7 @@ def _create_table(args: argparse.Namespace) -> None:
         client = DynamoDBClient(
             location,
             pool_size=1,
-            timeout_ms=settings.storage_timeout_ms,
+            timeout_ms=max(settings.storage_timeout_ms, _CREATE_TABLE_TIMEOUT_MS),
             max_attempts=settings.storage_max_attempts,
         )
         try:
@@ -239,15 +316,88 @@ def _token(args: argparse.Namespace) -> None:
     print(token)
 
 
+class _GatewayError(IdemgateError):
+    """The gateway answered an error, or could not be reached."""
+
+
+def _call_gateway(args: argparse.Namespace, method: str, path: str) -> Any:
+    """The gateway's JSON answer to ``method path``; None for 204."""
+    request = urllib.request.Request(f"{args.url.rstrip('/')}{path}", method=method)
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        try:
+            problem = json.loads(exc.read())
+            detail = f"{problem['code']}: {problem['detail']}"
+        except (ValueError, KeyError, TypeError):
+            detail = exc.reason
+        raise _GatewayError(f"{method} {path}: HTTP {exc.code} {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise _GatewayError(f"cannot reach the gateway at {args.url}: {exc}") from exc
+    return json.loads(body) if body else None
+
+
+def _records(args: argparse.Namespace) -> None:
+    quote = urllib.parse.quote
+    path = f"/v1/records/{quote(args.namespace, safe='')}"
+    if args.action == "list":
+        query = {"limit": args.limit, "status": args.status, "cursor": args.cursor}
+        path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        answer = _call_gateway(args, "GET", path)
+    else:
+        path += f"/{quote(args.key, safe='')}"
+        method, suffix = {
+            "get": ("GET", ""),
+            "expire": ("POST", "/expire"),
+            "delete": ("DELETE", ""),
+        }[args.action]
+        answer = _call_gateway(args, method, path + suffix)
+    if answer is not None:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+
+
+def _backup(args: argparse.Namespace) -> None:
+    import sqlite3
+
+    from idemgate._exceptions import ConfigurationError
+    from idemgate._storage import SQLiteLocation, parse_storage_url
+
+    location = parse_storage_url(args.storage)
+    if not isinstance(location, SQLiteLocation):
+        raise ConfigurationError("backup copies SQLite storage: give --storage sqlite:///PATH")
+    source_path = Path(location.path).resolve()
+    if not source_path.is_file():
+        raise ConfigurationError(f"no SQLite file at {source_path}")
+    if args.path.exists():
+        raise ConfigurationError(f"{args.path} exists: give the backup a new name")
+    # SQLite's online backup API copies a consistent snapshot while writers go on; "ro" keeps
+    # this process from ever writing the live file.
+    source = sqlite3.connect(f"{source_path.as_uri()}?mode=ro", uri=True)
+    target = sqlite3.connect(args.path)
+    try:
+        source.backup(target)
+    except sqlite3.Error as exc:
+        raise ConfigurationError(f"backup of {source_path} failed: {exc}") from exc
+    finally:
+        target.close()
+        source.close()
+    print(f"backed up {source_path} to {args.path.resolve()}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    run = {
+        "serve": _serve,
+        "create-table": _create_table,
+        "token": _token,
+        "records": _records,
+        "backup": _backup,
+    }[args.command]
     try:
-        if args.command == "serve":
-            _serve(args)
-        elif args.command == "token":
-            _token(args)
-        else:
-            _create_table(args)
+        run(args)
     except IdemgateError as exc:
         print(f"idemgate: {exc}", file=sys.stderr)
         return 1

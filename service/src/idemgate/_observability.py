@@ -7,7 +7,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,11 +27,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from idemgate._exceptions import PayloadTooLargeError
 
 __all__ = [
+    "NAMESPACE_EVENTS",
+    "OTHER_NAMESPACE",
     "REQUEST_ID_HEADER",
+    "NamespaceCounters",
+    "NamespaceTotals",
     "RequestContextMiddleware",
     "configure_logging",
     "current_request_id",
     "metrics_text",
+    "preregister_request_series",
     "record_storage_error",
 ]
 
@@ -60,6 +66,9 @@ _CLIENT_CLOSED_REQUEST = 499
 _CONNECTION_CLOSE = (b"connection", b"close")
 _BODY_TOO_LARGE = "The request body is larger than any result this gateway stores."
 
+for _backend in ("sqlite", "dynamodb"):
+    _STORAGE_ERRORS.labels(_backend)
+
 access_log = logging.getLogger("idemgate.access")
 
 
@@ -78,6 +87,204 @@ def metrics_text() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+# What each namespace counter counts, in the order ``NamespaceTotals`` keeps them.
+NAMESPACE_EVENTS = (
+    "claims",
+    "replays",
+    "in_progress",
+    "fingerprint_mismatches",
+    "lease_takeovers",
+    "lease_lost",
+)
+_NAMESPACE_COUNTERS = tuple(
+    Counter(f"idemgate_{event}_total", help_text, ["namespace"])
+    for event, help_text in zip(
+        NAMESPACE_EVENTS,
+        (
+            "Claims the storage answered (claimed, replayed, in progress or mismatched).",
+            "Claims answered with the stored result: duplicate runs prevented.",
+            "Claims answered 409 IN_PROGRESS: another caller held the key.",
+            "Claims answered 422 FINGERPRINT_MISMATCH: one key sent with two payloads.",
+            "Claims that took over an expired lease (attempt > 1): a run that timed out.",
+            "Completes refused 409 LEASE_LOST: a stale holder stopped by fencing.",
+        ),
+        strict=True,
+    )
+)
+_CLAIMS, _REPLAYS, _IN_PROGRESS, _MISMATCHES, _TAKEOVERS, _LEASE_LOST = range(6)
+OTHER_NAMESPACE = "other"
+_CLAIM_ROUTE = "/v1/records/{namespace}/{key}/claim"
+_COMPLETE_ROUTE = "/v1/records/{namespace}/{key}/complete"
+# (route template, outcome) -> the namespace events that answer counts.
+_EVENTS_BY_ANSWER: dict[tuple[str, str], tuple[int, ...]] = {
+    (_CLAIM_ROUTE, "claimed"): (_CLAIMS,),
+    (_CLAIM_ROUTE, "replayed"): (_CLAIMS, _REPLAYS),
+    (_CLAIM_ROUTE, "IN_PROGRESS"): (_CLAIMS, _IN_PROGRESS),
+    (_CLAIM_ROUTE, "FINGERPRINT_MISMATCH"): (_CLAIMS, _MISMATCHES),
+    (_COMPLETE_ROUTE, "LEASE_LOST"): (_LEASE_LOST,),
+}
+# The answers every records route can give before it has given one, so that alerts on their
+# rates see zero rather than no data.
+_EXPECTED_ANSWERS: dict[str, tuple[tuple[str, str], ...]] = {
+    _CLAIM_ROUTE: (
+        ("201", "claimed"),
+        ("200", "replayed"),
+        ("409", "IN_PROGRESS"),
+        ("422", "FINGERPRINT_MISMATCH"),
+    ),
+    _COMPLETE_ROUTE: (("200", "ok"), ("409", "LEASE_LOST")),
+}
+_MINUTES_KEPT = 60
+_HOURS_KEPT = 24
+
+
+def preregister_request_series(routes: Iterable[tuple[str, str]]) -> None:
+    """Create, at zero, the request series of each ``(route template, method)`` alerts watch."""
+    for route, method in routes:
+        _LATENCY.labels(route)
+        for status, outcome in (
+            *_EXPECTED_ANSWERS.get(route, ()),
+            ("500", "INTERNAL"),
+            ("503", "STORAGE_UNAVAILABLE"),
+        ):
+            _REQUESTS.labels(route, method, status, outcome)
+
+
+@dataclass(slots=True)
+class _Ring:
+    """Counts per time bucket, for the last ``len(stamps)`` buckets of ``width_s`` seconds."""
+
+    width_s: int
+    stamps: list[int]
+    counts: list[list[int]]
+
+    @classmethod
+    def of(cls, width_s: int, buckets: int) -> _Ring:
+        return cls(width_s, [-1] * buckets, [[0] * len(NAMESPACE_EVENTS) for _ in range(buckets)])
+
+    def add(self, counts: list[int], at_s: int) -> None:
+        bucket = at_s // self.width_s
+        slot = bucket % len(self.stamps)
+        if self.stamps[slot] != bucket:
+            self.stamps[slot] = bucket
+            self.counts[slot] = [0] * len(NAMESPACE_EVENTS)
+        self.counts[slot] = [a + b for a, b in zip(self.counts[slot], counts, strict=True)]
+
+    def series(self, now_s: int) -> list[list[int]]:
+        """Counts per bucket, oldest first, the current bucket last; empty buckets are zeros."""
+        current = now_s // self.width_s
+        size = len(self.stamps)
+        answer = []
+        for bucket in range(current - size + 1, current + 1):
+            slot = bucket % size
+            fresh = self.stamps[slot] == bucket
+            answer.append(list(self.counts[slot]) if fresh else [0] * len(NAMESPACE_EVENTS))
+        return answer
+
+
+@dataclass(slots=True)
+class _Recent:
+    """Counts of the current minute, and of the last hour by minute and last day by hour.
+
+    Counting touches only the current minute's list; the minute goes into both rings when
+    the next one starts (or someone reads), which keeps the claim path to a few additions.
+    """
+
+    minute: int = -1
+    counts: list[int] = field(default_factory=lambda: [0] * len(NAMESPACE_EVENTS))
+    minutes: _Ring = field(default_factory=lambda: _Ring.of(60, _MINUTES_KEPT))
+    hours: _Ring = field(default_factory=lambda: _Ring.of(3600, _HOURS_KEPT))
+
+    def add(self, events: tuple[int, ...], now_s: int) -> None:
+        minute = now_s // 60
+        if minute != self.minute:
+            self.close()
+            self.minute = minute
+        for event in events:
+            self.counts[event] += 1
+
+    def close(self) -> None:
+        if self.minute >= 0 and any(self.counts):
+            self.minutes.add(self.counts, self.minute * 60)
+            self.hours.add(self.counts, self.minute * 60)
+            self.counts = [0] * len(NAMESPACE_EVENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceTotals:
+    """One namespace label's counts: per minute for the last hour, per hour for the last day.
+
+    Each list holds one count per ``NAMESPACE_EVENTS`` entry per bucket, oldest bucket first.
+    """
+
+    namespace: str
+    per_minute: list[list[int]]
+    per_hour: list[list[int]]
+
+    def total(self, event: str, *, hours: int) -> int:
+        """The ``event`` count of the last hour (``hours=1``, by minute) or last ``hours``."""
+        index = NAMESPACE_EVENTS.index(event)
+        buckets = self.per_minute if hours == 1 else self.per_hour[-hours:]
+        return sum(counts[index] for counts in buckets)
+
+
+@dataclass(slots=True)
+class _Namespace:
+    children: tuple[Any, ...]
+    recent: _Recent = field(default_factory=_Recent)
+
+
+class NamespaceCounters:
+    """The per-namespace counters, and this process's recent counts for the console.
+
+    The first ``max_namespaces`` namespaces this process counts get a label of their own; the
+    rest share ``other``, so the series stay bounded however many namespaces callers invent.
+    """
+
+    def __init__(self, *, max_namespaces: int, clock: Callable[[], float] = time.time) -> None:
+        self.max_namespaces = max_namespaces
+        self._clock = clock
+        self._other = self._labelled(OTHER_NAMESPACE)
+        self._namespaces: dict[str, _Namespace] = {}
+
+    @staticmethod
+    def _labelled(label: str) -> _Namespace:
+        return _Namespace(tuple(counter.labels(label) for counter in _NAMESPACE_COUNTERS))
+
+    def count(self, namespace: str, events: tuple[int, ...]) -> None:
+        counted = self._namespaces.get(namespace)
+        if counted is None:
+            if len(self._namespaces) < self.max_namespaces and namespace != OTHER_NAMESPACE:
+                counted = self._namespaces[namespace] = self._labelled(namespace)
+            else:
+                counted = self._other
+        for event in events:
+            counted.children[event].inc()
+        counted.recent.add(events, int(self._clock()))
+
+    def count_answer(self, route: str, outcome: str, scope: Scope) -> None:
+        """Count a records answer against its namespace, if it is one the counters watch."""
+        events = _EVENTS_BY_ANSWER.get((route, outcome))
+        if events is None:
+            return
+        if scope["state"].get("attempt", 1) > 1:
+            events = (*events, _TAKEOVERS)
+        self.count(scope["path_params"]["namespace"], events)
+
+    def totals(self) -> list[NamespaceTotals]:
+        """Every label's recent counts, ``other`` last."""
+        now_s = int(self._clock())
+        labelled = [*self._namespaces.items(), (OTHER_NAMESPACE, self._other)]
+        for _, counted in labelled:
+            counted.recent.close()
+        return [
+            NamespaceTotals(
+                name, counted.recent.minutes.series(now_s), counted.recent.hours.series(now_s)
+            )
+            for name, counted in labelled
+        ]
 
 
 class _JSONFormatter(logging.Formatter):
@@ -127,12 +334,14 @@ class RequestContextMiddleware:
         *,
         log_requests: bool,
         max_body_bytes: int,
+        namespaces: NamespaceCounters,
         internal_error: Callable[[], Response],
         body_too_large: Callable[[], Response],
     ) -> None:
         self.app = app
         self.log_requests = log_requests
         self.max_body_bytes = max_body_bytes
+        self.namespaces = namespaces
         self.internal_error = internal_error
         self.body_too_large = body_too_large
 
@@ -195,6 +404,7 @@ class RequestContextMiddleware:
         outcome = scope["state"].get("outcome", "ok" if status < 400 else "error")
         _REQUESTS.labels(route, scope["method"], str(status), outcome).inc()
         _LATENCY.labels(route).observe(elapsed)
+        self.namespaces.count_answer(route, outcome, scope)
         if self.log_requests:
             access_log.info(
                 "request",

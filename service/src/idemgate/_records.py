@@ -8,21 +8,26 @@ then serves both the expiry conditions and the clean-up.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from idemgate._exceptions import (
     FingerprintMismatchError,
     InProgressError,
+    InvalidRequestError,
     LeaseLostError,
     NotFoundError,
 )
-from idemgate._storage import Record, Status, Storage
+from idemgate._storage import ListPosition, Record, Status, Storage
 
-__all__ = ["Claim", "RecordService", "ceil_seconds", "epoch_ms"]
+__all__ = ["Claim", "Listing", "RecordService", "ceil_seconds", "epoch_ms"]
 
 # A claim races at most a few writers: each lost race means another caller made progress.
 _TAKE_OVERS = 4
@@ -46,6 +51,41 @@ def epoch_ms() -> int:
 
 def ceil_seconds(ms: int) -> int:
     return -(-ms // 1000)
+
+
+# A filtered listing reads at most this many storage pages per answer, then hands back a cursor.
+_LIST_PAGES_READ = 5
+_MAX_CURSOR_CHARS = 512
+_MAX_KEY_CHARS = 255
+_MAX_POSITION_MS = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One page of a namespace's records, and the cursor of the next page (None: no more)."""
+
+    records: list[Record]
+    cursor: str | None
+
+
+def _encode_cursor(position: ListPosition) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> ListPosition:
+    """The position a cursor holds; ``InvalidRequestError`` for anything this gateway never gave."""
+    position = None
+    if len(cursor) <= _MAX_CURSOR_CHARS:
+        try:
+            position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        except (ValueError, binascii.Error):  # orjson.JSONDecodeError is a ValueError
+            position = None
+    match position:
+        case [int(lease_expires_at), str(key)] if (
+            0 <= lease_expires_at < _MAX_POSITION_MS and 0 < len(key) <= _MAX_KEY_CHARS
+        ):
+            return lease_expires_at, key
+    raise InvalidRequestError("query.cursor: not a cursor this gateway gave")
 
 
 def _fingerprints_conflict(stored: str | None, sent: str | None) -> bool:
@@ -210,3 +250,36 @@ class RecordService:
     async def _live(self, namespace: str, key: str, now: int) -> Record | None:
         stored = await self.storage.get(namespace, key)
         return stored if stored is not None and stored.is_live(now) else None
+
+    async def list_namespace(
+        self, namespace: str, *, status: Status | None, cursor: str | None, limit: int
+    ) -> Listing:
+        """Up to ``limit`` live records of ``namespace`` in ``status`` (any when None).
+
+        Latest lease end first. Raises ``InvalidRequestError`` for a cursor it never gave. A
+        page may be short of ``limit`` yet carry a cursor, when most records were filtered out.
+        """
+        now = self._clock()
+        after = _decode_cursor(cursor) if cursor is not None else None
+        found: list[Record] = []
+        for _ in range(_LIST_PAGES_READ):
+            page, after = await self.storage.list_records(namespace, after=after, limit=limit)
+            for record in page:
+                if record.is_live(now) and status in (None, record.status):
+                    found.append(record)
+                    if len(found) == limit:
+                        return Listing(found, _encode_cursor((record.lease_expires_at, record.key)))
+            if after is None:
+                break
+        return Listing(found, None if after is None else _encode_cursor(after))
+
+    async def expire(self, namespace: str, key: str) -> Record:
+        """End an in-progress lease now, so the next claim takes over; a completed record stays.
+
+        Returns the record as it now is. Raises ``NotFoundError`` when it is absent or expired.
+        """
+        now = self._clock()
+        stored = await self.storage.end_lease(namespace, key, lease_expires_at=now)
+        if stored is None or not stored.is_live(now):
+            raise NotFoundError(f"No record for key {key!r} in namespace {namespace!r}.")
+        return stored

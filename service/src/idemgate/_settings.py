@@ -42,3 +42,5 @@ class Settings(BaseSettings):
     sts_url: str | None = None
     sts_timeout_ms: int = Field(default=2000, ge=1)
     iam_max_age_s: int = Field(default=300, ge=30, le=900)
+    # Each namespace label costs six series per worker; the rest are counted under "other".
+    metrics_max_namespaces: int = Field(default=300, ge=0)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, get_type_hints
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
@@ -17,9 +17,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idemgate._deps import records_of, settings_of
 from idemgate._exceptions import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from idemgate._storage import Record
+from idemgate._storage import Record, Status
 
-__all__ = ["RecordsLane", "router"]
+__all__ = ["RecordsLane", "listing_router", "router"]
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 KEY_PATTERN = r"^[A-Za-z0-9._~:@=+-]{1,255}$"
@@ -257,6 +257,7 @@ async def claim(
     record = answer.record
     if answer.claimed:
         request.state.outcome = "claimed"
+        request.state.attempt = record.attempt
         return _json(
             {
                 "outcome": "claimed",
@@ -313,28 +314,67 @@ async def extend(request: Request, namespace: Namespace, key: Key, body: ExtendB
     return _json({"lease_expires_at": lease_expires_at})
 
 
+def _shown(record: Record) -> dict[str, Any]:
+    """A record as every read shows it: never its lease token."""
+    return {
+        "namespace": record.namespace,
+        "key": record.key,
+        "status": record.status.value,
+        "fingerprint": record.fingerprint,
+        "attempt": record.attempt,
+        "lease_expires_at": record.lease_expires_at,
+        "expires_at": record.expires_at_s * 1000,
+        "completed_at": record.completed_at,
+        "result": orjson.Fragment(record.result or "null"),
+    }
+
+
 @router.get("", summary="Read a record (never its lease token)")
 async def read(request: Request, namespace: Namespace, key: Key) -> Response:
-    record = await records_of(request).get(namespace, key)
-    return _json(
-        {
-            "namespace": record.namespace,
-            "key": record.key,
-            "status": record.status.value,
-            "fingerprint": record.fingerprint,
-            "attempt": record.attempt,
-            "lease_expires_at": record.lease_expires_at,
-            "expires_at": record.expires_at_s * 1000,
-            "completed_at": record.completed_at,
-            "result": orjson.Fragment(record.result or "null"),
-        }
-    )
+    return _json(_shown(await records_of(request).get(namespace, key)))
 
 
 @router.delete("", status_code=204, summary="Delete a record so the work runs again")
 async def delete(request: Request, namespace: Namespace, key: Key) -> Response:
     await records_of(request).delete(namespace, key)
     return Response(status_code=204)
+
+
+@router.post(
+    "/expire",
+    summary="End an in-progress lease now, so the next claim takes over",
+    responses={404: {"description": "NOT_FOUND: no live record", **_PROBLEM}},
+)
+async def expire(request: Request, namespace: Namespace, key: Key) -> Response:
+    """A completed record is left as it is. Answers the record as it now is."""
+    return _json(_shown(await records_of(request).expire(namespace, key)))
+
+
+MAX_LIST_LIMIT = 100
+listing_router = APIRouter(
+    prefix="/v1/records/{namespace}",
+    tags=["records"],
+    responses={"4XX": {"description": "RFC 9457 problem details, with `code`", **_PROBLEM}},
+)
+
+
+@listing_router.get("", summary="List a namespace's records, latest lease end first")
+async def list_records(
+    request: Request,
+    namespace: Namespace,
+    status: Annotated[Status | None, Query(description="Only records in this status.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="The `cursor` of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 20,
+) -> Response:
+    """Answers `{"items": [record as GET shows it, ...], "cursor": next page or null}`."""
+    listing = await records_of(request).list_namespace(
+        namespace, status=status, cursor=cursor, limit=limit
+    )
+    return _json(
+        {"items": [_shown(record) for record in listing.records], "cursor": listing.cursor}
+    )
 
 
 _LANE_PREFIX = router.prefix.split("/")[:3]

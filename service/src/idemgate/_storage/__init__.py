@@ -7,10 +7,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from idemgate._exceptions import ConfigurationError
 from idemgate._settings import Settings
-from idemgate._storage._base import Record, Status, Storage
+from idemgate._storage._base import ListPosition, Record, Status, Storage
 
 __all__ = [
     "DynamoDBLocation",
+    "ListPosition",
     "Record",
     "SQLiteLocation",
     "Status",

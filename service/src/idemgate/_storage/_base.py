@@ -14,7 +14,7 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-__all__ = ["Record", "Status", "Storage"]
+__all__ = ["ListPosition", "Record", "Status", "Storage"]
 
 
 class Status(enum.StrEnum):
@@ -44,6 +44,10 @@ class Record:
 
     def is_live(self, now_ms: int) -> bool:
         return self.expires_at_s * 1000 > now_ms
+
+
+# Where a listing stands: the ``(lease_expires_at, key)`` of the record it reached.
+ListPosition = tuple[int, str]
 
 
 class Storage(ABC):
@@ -128,3 +132,25 @@ class Storage(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most backends have nothing to close
         """Release connections."""
+
+    @abstractmethod
+    async def list_records(
+        self, namespace: str, *, after: ListPosition | None, limit: int
+    ) -> tuple[list[Record], ListPosition | None]:
+        """Up to ``limit`` records of ``namespace``, live or expired, latest lease end first.
+
+        Records with the same ``lease_expires_at`` come in an order of the backend's choosing.
+        ``after`` continues a listing just past the record at that position (any record's own
+        ``(lease_expires_at, key)``, or a position this method returned), so pages visit each
+        unchanged record once. Returns the records and the position to continue from, None
+        when nothing follows; a page may hold fewer than ``limit`` records and still a position.
+        """
+
+    @abstractmethod
+    async def end_lease(self, namespace: str, key: str, *, lease_expires_at: int) -> Record | None:
+        """End the lease of the in-progress record at ``lease_expires_at``, if it ends later.
+
+        Whoever holds the lease keeps its token; nothing else changes, and a completed record
+        is left as it is. Returns the record as stored afterwards, live or expired, or None
+        when absent.
+        """

@@ -27,7 +27,7 @@ import orjson
 
 from idemgate._exceptions import ConfigurationError, PayloadTooLargeError, StorageUnavailableError
 from idemgate._storage import DynamoDBLocation
-from idemgate._storage._base import Record, Status, Storage
+from idemgate._storage._base import ListPosition, Record, Status, Storage
 from idemgate._storage._connections import Answer, ConnectionPool, ExchangeError
 from idemgate._storage._credentials import CredentialSource
 from idemgate._storage._endpoints import resolve_route
@@ -35,6 +35,8 @@ from idemgate._storage._retries import CREDENTIALS_REFUSED, RetryQuota, backoff_
 from idemgate._storage._sigv4 import Credentials, SigV4Signer
 
 __all__ = [
+    "NAMESPACE_ATTRIBUTE",
+    "NAMESPACE_INDEX",
     "PARTITION_KEY",
     "TTL_ATTRIBUTE",
     "DynamoDBClient",
@@ -45,6 +47,9 @@ __all__ = [
 
 PARTITION_KEY = "pk"
 TTL_ATTRIBUTE = "expires_at"
+# The index that lists a namespace's records, latest lease end first; it projects keys only.
+NAMESPACE_INDEX = "by_namespace"
+NAMESPACE_ATTRIBUTE = "namespace"
 _SEPARATOR = "#"
 _API_VERSION = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -96,6 +101,7 @@ def _pk(namespace: str, key: str) -> dict[str, Any]:
 def _item(record: Record) -> dict[str, Any]:
     item = {
         **_pk(record.namespace, record.key),
+        NAMESPACE_ATTRIBUTE: _s(record.namespace),
         "status": _s(record.status.value),
         "attempt": _n(record.attempt),
         "lease_token": _s(record.lease_token),
@@ -417,18 +423,102 @@ class DynamoDBStorage(Storage):
     async def close(self) -> None:
         await self._client.close()
 
+    async def list_records(
+        self, namespace: str, *, after: ListPosition | None, limit: int
+    ) -> tuple[list[Record], ListPosition | None]:
+        # The index holds keys only, so a complete (the write that carries the result) never
+        # writes it; each listed record is then read from the table, consistently.
+        page: dict[str, Any] = {}
+        if after is not None:
+            lease_expires_at, key = after
+            page["ExclusiveStartKey"] = {
+                **_pk(namespace, key),
+                NAMESPACE_ATTRIBUTE: _s(namespace),
+                "lease_expires_at": _n(lease_expires_at),
+            }
+        answer = await self._client.call(
+            "Query",
+            IndexName=NAMESPACE_INDEX,
+            KeyConditionExpression="#namespace = :namespace",
+            ExpressionAttributeNames={"#namespace": NAMESPACE_ATTRIBUTE},
+            ExpressionAttributeValues={":namespace": _s(namespace)},
+            ScanIndexForward=False,
+            Limit=limit,
+            **page,
+        )
+        keys = [item[PARTITION_KEY]["S"].partition(_SEPARATOR)[2] for item in answer["Items"]]
+        found = await asyncio.gather(*(self.get(namespace, key) for key in keys))
+        records = [record for record in found if record is not None]
+        last = answer.get("LastEvaluatedKey")
+        if last is None:
+            return records, None
+        _, _, last_key = last[PARTITION_KEY]["S"].partition(_SEPARATOR)
+        return records, (int(last["lease_expires_at"]["N"]), last_key)
+
+    async def end_lease(self, namespace: str, key: str, *, lease_expires_at: int) -> Record | None:
+        condition = "#status = :in_progress AND #lease > :lease"
+        try:
+            answer = await self._client.call(
+                "UpdateItem",
+                Key=_pk(namespace, key),
+                UpdateExpression="SET #lease = :lease",
+                ConditionExpression=condition,
+                ExpressionAttributeNames=_names(condition),
+                ExpressionAttributeValues={
+                    ":in_progress": _s(Status.IN_PROGRESS),
+                    ":lease": _n(lease_expires_at),
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ConditionFailedError as failed:
+            return _record(failed.item) if failed.item else None
+        return _record(answer["Attributes"])
+
 
 _TABLE_POLL_S = 0.5
 _TABLE_WAIT_S = 60.0
 
 
+_NAMESPACE_INDEX_ATTRIBUTES = (
+    {"AttributeName": NAMESPACE_ATTRIBUTE, "AttributeType": "S"},
+    {"AttributeName": "lease_expires_at", "AttributeType": "N"},
+)
+_NAMESPACE_INDEX_SPEC = {
+    "IndexName": NAMESPACE_INDEX,
+    "KeySchema": [
+        {"AttributeName": NAMESPACE_ATTRIBUTE, "KeyType": "HASH"},
+        {"AttributeName": "lease_expires_at", "KeyType": "RANGE"},
+    ],
+    "Projection": {"ProjectionType": "KEYS_ONLY"},
+}
+
+
+async def _add_namespace_index(client: DynamoDBClient, table: Mapping[str, Any]) -> None:
+    """Add the listing index to a table created before it existed; DynamoDB backfills it."""
+    indexes = {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", ())}
+    if NAMESPACE_INDEX not in indexes:
+        await client.call(
+            "UpdateTable",
+            AttributeDefinitions=list(_NAMESPACE_INDEX_ATTRIBUTES),
+            GlobalSecondaryIndexUpdates=[{"Create": _NAMESPACE_INDEX_SPEC}],
+        )
+
+
 async def create_table(client: DynamoDBClient) -> None:
-    """Create the records table (on-demand) with TTL on ``expires_at``; harmless to repeat."""
+    """Create the records table (on-demand) with TTL on ``expires_at`` and the namespace index.
+
+    Harmless to repeat; on a table made before the index existed, it adds the index.
+    """
     try:
         await client.call(
             "CreateTable",
-            AttributeDefinitions=[{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
+            AttributeDefinitions=[
+                {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+                *_NAMESPACE_INDEX_ATTRIBUTES,
+            ],
             KeySchema=[{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[_NAMESPACE_INDEX_SPEC],
             BillingMode="PAY_PER_REQUEST",
         )
     except DynamoDBRefusedError as exc:
@@ -437,6 +527,7 @@ async def create_table(client: DynamoDBClient) -> None:
     for _ in range(int(_TABLE_WAIT_S / _TABLE_POLL_S)):
         table = await client.call("DescribeTable")
         if table["Table"]["TableStatus"] == "ACTIVE":
+            await _add_namespace_index(client, table["Table"])
             break
         await asyncio.sleep(_TABLE_POLL_S)
     else:

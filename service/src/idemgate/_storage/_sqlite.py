@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from idemgate._exceptions import StorageUnavailableError
-from idemgate._storage._base import Record, Status, Storage
+from idemgate._storage._base import ListPosition, Record, Status, Storage
 
 __all__ = ["SQLiteStorage"]
 
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_expiry ON records (expires_at_s);
+CREATE INDEX IF NOT EXISTS records_by_namespace_lease ON records (namespace, lease_expires_at);
 """
 _COLUMNS = (
     "namespace, key, status, fingerprint, attempt, lease_token, lease_expires_at, ttl_s, "
@@ -251,3 +252,34 @@ class SQLiteStorage(Storage):
     async def close(self) -> None:
         self._connection.close()
         os.close(self._lock_file)
+
+    async def list_records(
+        self, namespace: str, *, after: ListPosition | None, limit: int
+    ) -> tuple[list[Record], ListPosition | None]:
+        # The index holds the primary key too, so (lease_expires_at, key) orders it fully.
+        before = "AND (lease_expires_at, key) < (?, ?) " if after is not None else ""
+        try:
+            rows = self._connection.execute(
+                f"SELECT {_COLUMNS} FROM records WHERE namespace = ? {before}"
+                "ORDER BY lease_expires_at DESC, key DESC LIMIT ?",
+                (namespace, *(after or ()), limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
+        records = [_record(row) for row in rows]
+        if len(records) < limit or not records:
+            return records, None
+        return records, (records[-1].lease_expires_at, records[-1].key)
+
+    async def end_lease(self, namespace: str, key: str, *, lease_expires_at: int) -> Record | None:
+        with self._writing() as connection:
+            connection.execute(
+                "UPDATE records SET lease_expires_at = ? WHERE namespace = ? AND key = ? "
+                "AND status = 'in_progress' AND lease_expires_at > ?",
+                (lease_expires_at, namespace, key, lease_expires_at),
+            )
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM records WHERE namespace = ? AND key = ?",
+                (namespace, key),
+            ).fetchone()
+            return _record(row) if row else None

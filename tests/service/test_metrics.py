@@ -1,0 +1,113 @@
+"""Per-namespace counters on /metrics: what each one counts, zeros from the start, the label cap."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from idemgate.testing import GatewayServer
+
+NAMESPACE_COUNTERS = (
+    "idemgate_claims_total",
+    "idemgate_replays_total",
+    "idemgate_in_progress_total",
+    "idemgate_fingerprint_mismatches_total",
+    "idemgate_lease_takeovers_total",
+    "idemgate_lease_lost_total",
+)
+CLAIM_ROUTE = "/v1/records/{namespace}/{key}/claim"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def capped_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    path: Path = tmp_path_factory.mktemp("metrics") / "idemgate.db"
+    env = {"IDEMGATE_METRICS_MAX_NAMESPACES": "2", "IDEMGATE_ACCESS_LOG": "false"}
+    with GatewayServer(storage=f"sqlite:///{path}", env=env) as server:
+        yield server
+
+
+def samples(gateway: GatewayServer) -> Samples:
+    text = httpx.get(f"{gateway.url}/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def counter(
+    values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, ns: str
+) -> float:
+    return values.get((name, frozenset({("namespace", ns)})), -1.0)
+
+
+def test_every_counter_is_zero_before_anything_happens(tmp_path: Path) -> None:
+    with GatewayServer(storage=f"sqlite:///{tmp_path}/fresh.db") as gateway:
+        values = samples(gateway)
+    for name in NAMESPACE_COUNTERS:
+        assert counter(values, name, "other") == 0.0, name
+    for status, outcome in (("503", "STORAGE_UNAVAILABLE"), ("409", "IN_PROGRESS")):
+        labels = {"route": CLAIM_ROUTE, "method": "POST", "status": status, "outcome": outcome}
+        assert values[("idemgate_requests_total", frozenset(labels.items()))] == 0.0
+    for backend in ("sqlite", "dynamodb"):
+        assert values[("idemgate_storage_errors_total", frozenset({("backend", backend)}))] == 0
+
+
+def claim(client: httpx.Client, ns: str, key: str, **body: object) -> httpx.Response:
+    return client.post(f"/v1/records/{ns}/{key}/claim", json=body)
+
+
+def test_each_answer_counts_against_its_namespace(capped_gateway: GatewayServer) -> None:
+    ns = "metrics-a"
+    with httpx.Client(base_url=capped_gateway.url, timeout=10) as client:
+        token = claim(client, ns, "done", fingerprint="f1").json()["lease_token"]
+        client.post(f"/v1/records/{ns}/done/complete", json={"lease_token": token, "result": 1})
+        assert claim(client, ns, "done", fingerprint="f1").status_code == 200  # replay
+        assert claim(client, ns, "done", fingerprint="f1").status_code == 200  # replay
+        assert claim(client, ns, "done", fingerprint="f2").status_code == 422  # mismatch
+        stale = claim(client, ns, "slow", lease_ms=1).json()["lease_token"]
+        deadline = time.monotonic() + 10
+        while (answer := claim(client, ns, "slow", lease_ms=60_000)).status_code != 201:
+            assert answer.status_code == 409
+            assert time.monotonic() < deadline
+        assert answer.json()["attempt"] == 2
+        in_progress_answers = 2
+        for _ in range(in_progress_answers):
+            assert claim(client, ns, "slow").status_code == 409
+        lost = client.post(
+            f"/v1/records/{ns}/slow/complete", json={"lease_token": stale, "result": 2}
+        )
+        assert lost.status_code == 409
+        assert lost.json()["code"] == "LEASE_LOST"
+    values = samples(capped_gateway)
+    # in-progress answers: the ones while waiting for the lease to end, and the two after.
+    waited = counter(values, "idemgate_in_progress_total", ns) - in_progress_answers
+    assert waited >= 0
+    assert counter(values, "idemgate_replays_total", ns) == 2
+    assert counter(values, "idemgate_fingerprint_mismatches_total", ns) == 1
+    assert counter(values, "idemgate_lease_takeovers_total", ns) == 1
+    assert counter(values, "idemgate_lease_lost_total", ns) == 1
+    # claimed twice fresh + the takeover, 2 replays, 1 mismatch, and every in-progress answer
+    expected_claims = 3 + 2 + 1 + counter(values, "idemgate_in_progress_total", ns)
+    assert counter(values, "idemgate_claims_total", ns) == expected_claims
+
+
+def test_namespaces_beyond_the_cap_share_the_other_label(capped_gateway: GatewayServer) -> None:
+    before = counter(samples(capped_gateway), "idemgate_claims_total", "other")
+    with httpx.Client(base_url=capped_gateway.url, timeout=10) as client:
+        for ns in ("cap-1", "cap-2", "cap-3", "cap-4"):
+            assert claim(client, ns, "k").status_code == 201
+    values = samples(capped_gateway)
+    labelled = {
+        dict(labels)["namespace"] for name, labels in values if name == "idemgate_claims_total"
+    }
+    assert len(labelled - {"other"}) == 2  # the cap of this gateway, whichever came first
+    assert "cap-3" not in labelled
+    assert "cap-4" not in labelled
+    assert counter(values, "idemgate_claims_total", "other") - before >= 2
