@@ -296,7 +296,7 @@ def _guard(
         keyed.event_key_jmespath = default_key
         keyed._event_key = IdempotencyConfig(event_key_jmespath=default_key)._event_key
         config = keyed
-    return _Guard(record_handler, store, config)
+    return _Guard(record_handler, store, config, key_prefix=None)
 
 
 class _SqsFollowUp:

@@ -379,7 +379,8 @@ class IamVerifier:
         max_age_s: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._pool = ConnectionPool(sts_url, size=8, timeout_s=timeout_ms / 1000)
+        self._pool = ConnectionPool(sts_url, size=8)
+        self._timeout_s = timeout_ms / 1000
         self._max_age_s = max_age_s
         self._clock = clock
         self._proven: dict[str, _Proven] = {}
@@ -451,11 +452,10 @@ class IamVerifier:
         return forwarded, signed_at
 
     async def _ask_sts(self, headers: dict[str, str], signed_at: float) -> _Proven:
-        sent = list(headers.items())
-        if "content-type" not in headers:
-            sent.append(("content-type", "application/x-www-form-urlencoded; charset=utf-8"))
+        sent = {"content-type": "application/x-www-form-urlencoded; charset=utf-8", **headers}
         try:
-            answer = await self._pool.post(sent, GET_CALLER_IDENTITY.encode())
+            async with asyncio.timeout(self._timeout_s):
+                answer = await self._pool.post(sent, GET_CALLER_IDENTITY.encode())
         except (TimeoutError, ExchangeError, OSError) as exc:
             raise AuthUnavailableError(f"STS did not answer: {exc or 'timed out'}") from exc
         if answer.status >= 500 or answer.status == 429 or b"<Code>Throttling" in answer.body:
