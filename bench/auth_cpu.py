@@ -127,7 +127,7 @@ async def _measure(requests: int) -> dict[str, tuple[float, float]]:
             sts_url="https://sts.us-east-1.amazonaws.com/", timeout_ms=1000, max_age_s=300
         )
         iam._proven[proof] = _Proven(  # as after one STS call
-            "arn:aws:sts::123456789012:assumed-role/orders-fn-role/fn", float("inf")
+            "arn:aws:sts::123456789012:assumed-role/orders-fn-role/fn", float("inf"), "bench"
         )
         gate = AuthGate(_no_content, policy=policy, iam=iam, error_response=error_response)
         variants = {

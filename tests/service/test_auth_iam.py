@@ -145,8 +145,13 @@ def test_an_allowed_role_runs_claim_complete_and_get_through_the_adapter(
     assert runs == ["o-1"]
     proof = store._iam.header() if store._iam else ""
     with httpx.Client(base_url=iam_gateway.url, headers={"Authorization": proof}) as http:
-        listed = http.get(f"/v1/records/{namespace}/x").status_code
-        assert listed == 404  # authenticated and in scope: the record is simply missing
+        lease = http.post(f"/v1/records/{namespace}/raw/claim", json={}).json()["lease_token"]
+        completed = http.post(
+            f"/v1/records/{namespace}/raw/complete", json={"lease_token": lease, "result": 5}
+        )
+        assert completed.status_code == 200
+        assert http.get(f"/v1/records/{namespace}/raw").json()["result"] == 5
+        assert http.get(f"/v1/records/{namespace}/missing").status_code == 404
         _assert_problem(http.get("/v1/records/payments-1/x"), 403, "FORBIDDEN")
         _assert_problem(http.delete(f"/v1/records/{namespace}/x"), 403, "FORBIDDEN")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 
@@ -177,3 +178,53 @@ def test_policy_file_reloads_at_most_once_per_interval_and_keeps_the_last_good(
     path.unlink()
     now[0] = 3.0
     assert source.current() is kept
+
+
+def test_an_iam_identity_is_cached_no_longer_than_its_proof_is_valid() -> None:
+    from idemgate._auth import IamVerifier
+    from idemgate._exceptions import UnauthenticatedError
+    from lambda_adapter._iam import IamAuthorization
+    from lambda_adapter._sigv4 import AwsCredentials
+
+    asked: list[bytes] = []
+    arn = b"arn:aws:sts::1:assumed-role/r/s"
+
+    async def scenario() -> None:
+        async def sts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = int(next(x for x in lines if x.startswith(b"content-length")).split(b":")[1])
+            asked.append(await reader.readexactly(length))
+            body = b"<GetCallerIdentityResult><Arn>" + arn + b"</Arn></GetCallerIdentityResult>"
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(sts, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        signed_at = 1_800_000_000.0
+        now = [signed_at + 1]
+        proof = IamAuthorization(
+            server_id="gw",
+            region="us-east-1",
+            sts_url=url,
+            credentials=lambda: AwsCredentials(access_key="AK", secret_key="SK"),
+        ).sign(signed_at)
+        verifier = IamVerifier(sts_url=url, timeout_ms=2000, max_age_s=300, clock=lambda: now[0])
+        try:
+            assert await verifier.arn_of(proof, "gw") == arn.decode()
+            now[0] = signed_at + 299
+            assert await verifier.arn_of(proof, "gw") == arn.decode()
+            assert len(asked) == 1
+            now[0] = signed_at + 301
+            with pytest.raises(UnauthenticatedError, match="expired"):
+                await verifier.arn_of(proof, "gw")
+            with pytest.raises(UnauthenticatedError, match="server id"):
+                await verifier.arn_of(proof, "another-gateway")
+            assert len(asked) == 1
+        finally:
+            await verifier.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())

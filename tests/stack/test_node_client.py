@@ -223,7 +223,7 @@ class Authenticated:
     role: dict[str, str]  # the environment Lambda gives a function of the allowed role
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # a role is made once: moto refuses a second of one name
 def role_environment(moto_server: Any) -> dict[str, str]:
     issued = moto_server.temporary_credentials("node-fn-role", actions=["sts:GetCallerIdentity"])
     return {

@@ -359,6 +359,7 @@ def default_sts_url(environ: Mapping[str, str] = os.environ) -> str:
 class _Proven:
     arn: str
     valid_until_s: float
+    server_id: str  # what it was checked against: a reload may change it
 
 
 class IamVerifier:
@@ -392,19 +393,26 @@ class IamVerifier:
     async def arn_of(self, proof: str, server_id: str) -> str:
         """The caller's ARN, or ``UnauthenticatedError`` / ``AuthUnavailableError``."""
         proven = self._proven.get(proof)
-        if proven is not None and self._clock() < proven.valid_until_s:
+        if (
+            proven is not None
+            and self._clock() < proven.valid_until_s
+            and proven.server_id == server_id
+        ):
             return proven.arn
         headers, signed_at = self._check(proof, server_id)
         pending = self._pending.get(proof)
         if pending is None:
-            pending = asyncio.ensure_future(self._prove(proof, headers, signed_at))
+            pending = asyncio.ensure_future(self._prove(proof, headers, signed_at, server_id))
             self._pending[proof] = pending
             pending.add_done_callback(lambda _: self._pending.pop(proof, None))
         proven = await asyncio.shield(pending)
         return proven.arn
 
-    async def _prove(self, proof: str, headers: dict[str, str], signed_at: float) -> _Proven:
-        proven = await self._ask_sts(headers, signed_at)
+    async def _prove(
+        self, proof: str, headers: dict[str, str], signed_at: float, server_id: str
+    ) -> _Proven:
+        arn = await self._ask_sts(headers)
+        proven = _Proven(arn, signed_at + self._max_age_s, server_id)
         self._remember(proof, proven)  # before the pending call is dropped: no gap between
         return proven
 
@@ -451,7 +459,8 @@ class IamVerifier:
         forwarded = {name: headers[name] for name in (*sorted(signed), "authorization")}
         return forwarded, signed_at
 
-    async def _ask_sts(self, headers: dict[str, str], signed_at: float) -> _Proven:
+    async def _ask_sts(self, headers: dict[str, str]) -> str:
+        """The caller's ARN, as STS answers the signed request."""
         sent = {"content-type": "application/x-www-form-urlencoded; charset=utf-8", **headers}
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -463,7 +472,7 @@ class IamVerifier:
         found = _ARN.search(answer.body) if answer.status == 200 else None
         if found is None:
             raise UnauthenticatedError("STS refused the AWS4-IAM proof.")
-        return _Proven(found.group(1).decode(), signed_at + self._max_age_s)
+        return found.group(1).decode()
 
 
 def _proof_headers(proof: str) -> dict[str, str]:
