@@ -61,6 +61,11 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
+# A deploy step, not a request path: a DynamoDB that is still starting (DynamoDB Local in a
+# fresh container) may take far longer than a request's storage timeout to answer first.
+_CREATE_TABLE_TIMEOUT_MS = 30_000
+
+
 def _create_table(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -77,7 +82,7 @@ def _create_table(args: argparse.Namespace) -> None:
         client = DynamoDBClient(
             location,
             pool_size=1,
-            timeout_ms=settings.storage_timeout_ms,
+            timeout_ms=max(settings.storage_timeout_ms, _CREATE_TABLE_TIMEOUT_MS),
             max_attempts=settings.storage_max_attempts,
         )
         try:
