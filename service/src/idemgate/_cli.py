@@ -238,6 +238,11 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
+# A deploy step, not a request path: a DynamoDB that is still starting (DynamoDB Local in a
+# fresh container) may take far longer than a request's storage timeout to answer first.
+_CREATE_TABLE_TIMEOUT_MS = 30_000
+
+
 def _create_table(args: argparse.Namespace) -> None:
     import asyncio
 

@@ -20,6 +20,7 @@ __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
     "CREDENTIALS_REFUSED",
+    "RETRY_COST",
     "RetryQuota",
     "backoff_s",
     "retryable",
