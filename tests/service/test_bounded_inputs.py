@@ -240,3 +240,18 @@ def test_a_client_leaving_mid_body_is_counted_499_not_500(
         assert time.monotonic() < deadline, "the disconnect was never counted"
         time.sleep(0.05)
     assert requests_counted(client, "500") == errors_before
+
+
+def test_whole_numbers_written_with_a_fraction_count_as_integers(
+    client: httpx.Client, record_path: str
+) -> None:
+    claimed = client.post(f"{record_path}/claim", content=b'{"lease_ms": 9683.0, "ttl_s": 60.0}')
+    assert claimed.status_code == 201, claimed.text
+    body = {"lease_token": claimed.json()["lease_token"], "lease_ms": 9683.5}
+    assert_problem(client.post(f"{record_path}/extend", json=body), 400, "INVALID_REQUEST")
+
+
+def test_405_names_the_allowed_methods(client: httpx.Client) -> None:
+    response = client.post("/healthz")
+    assert_problem(response, 405, "METHOD_NOT_ALLOWED")
+    assert response.headers["allow"] == "GET"

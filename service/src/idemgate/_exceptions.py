@@ -9,13 +9,16 @@ The hierarchy::
     │   ├── ForbiddenError            403 FORBIDDEN
     │   ├── NotFoundError             404 NOT_FOUND
     │   ├── MethodNotAllowedError     405 METHOD_NOT_ALLOWED
+    │   ├── RequestTimeoutError       408 REQUEST_TIMEOUT (the request came too slowly)
     │   ├── InProgressError           409 IN_PROGRESS (with Retry-After)
     │   ├── LeaseLostError            409 LEASE_LOST
     │   ├── PayloadTooLargeError      413 PAYLOAD_TOO_LARGE
+    │   ├── URITooLongError           414 URI_TOO_LONG
     │   ├── FingerprintMismatchError  422 FINGERPRINT_MISMATCH
+    │   ├── HeadersTooLargeError      431 HEADERS_TOO_LARGE
     │   ├── StorageUnavailableError   503 STORAGE_UNAVAILABLE (with Retry-After)
     │   └── AuthUnavailableError      503 AUTH_UNAVAILABLE: STS did not answer (with Retry-After)
-    └── ConfigurationError            bad settings, storage URL or policy file
+    └── ConfigurationError            bad settings, storage URL or policy file, found at start-up
         └── PolicyError               a policy file that does not parse or is inconsistent
 
 Storage backends translate their drivers' errors into ``StorageUnavailableError`` at one
@@ -32,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "FingerprintMismatchError",
     "ForbiddenError",
+    "HeadersTooLargeError",
     "IdemgateError",
     "InProgressError",
     "InvalidRequestError",
@@ -41,7 +45,9 @@ __all__ = [
     "PayloadTooLargeError",
     "PolicyError",
     "ProblemError",
+    "RequestTimeoutError",
     "StorageUnavailableError",
+    "URITooLongError",
     "UnauthenticatedError",
 ]
 
@@ -120,6 +126,10 @@ class MethodNotAllowedError(ProblemError):
     status, code, title = 405, "METHOD_NOT_ALLOWED", "Method not allowed"
 
 
+class RequestTimeoutError(ProblemError):
+    status, code, title = 408, "REQUEST_TIMEOUT", "Request timeout"
+
+
 def _retry_after_s(until_ms: int, now_ms: int) -> str:
     return str(max(1, -(-(until_ms - now_ms) // 1000)))
 
@@ -150,6 +160,14 @@ class LeaseLostError(ProblemError):
 
 class PayloadTooLargeError(ProblemError):
     status, code, title = 413, "PAYLOAD_TOO_LARGE", "Payload too large"
+
+
+class URITooLongError(ProblemError):
+    status, code, title = 414, "URI_TOO_LONG", "URI too long"
+
+
+class HeadersTooLargeError(ProblemError):
+    status, code, title = 431, "HEADERS_TOO_LARGE", "Request headers too large"
 
 
 class FingerprintMismatchError(ProblemError):

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -23,7 +24,9 @@ from idemgate._observability import current_request_id, record_storage_error
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
+    "ProblemDetails",
     "body_too_large_response",
+    "documented_problem",
     "error_response",
     "install_problem_handlers",
     "internal_error_response",
@@ -34,6 +37,30 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TYPE_BASE = "https://idemgate.dev/problems/"
 
 logger = logging.getLogger("idemgate")
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details: the body of every error answer (in the OpenAPI document)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable and machine-readable: branch on it.")
+    request_id: str = Field(description="The X-Request-Id of the answer.")
+
+
+_PROBLEM_SCHEMA = ProblemDetails.model_json_schema()
+
+
+def documented_problem(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry for a problem-details answer."""
+    return {
+        "description": description,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": _PROBLEM_SCHEMA}},
+    }
 
 
 def _problem(
@@ -109,7 +136,10 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = NotFoundError(f"No such endpoint: {request.method} {request.url.path}")
     elif exc.status_code == 405:
-        error = MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
+        error = MethodNotAllowedError(
+            f"{request.method} is not allowed on {request.url.path}",
+            headers=dict(exc.headers or {}),
+        )
     else:
         error = InvalidRequestError(str(exc.detail))
     return problem_response(request, error)

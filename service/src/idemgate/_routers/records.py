@@ -6,17 +6,18 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idemgate._deps import records_of, settings_of
 from idemgate._exceptions import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from idemgate._problems import documented_problem
 from idemgate._storage import Record, Status
 
 __all__ = ["RecordsLane", "listing_router", "router"]
@@ -33,8 +34,23 @@ Namespace = Annotated[
 ]
 Key = Annotated[str, Path(pattern=KEY_PATTERN, description="The idempotency key.")]
 LeaseToken = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-LeaseMs = Annotated[int, Field(ge=1, le=MAX_LEASE_MS, description="Lease length, milliseconds.")]
-TtlS = Annotated[int, Field(ge=1, le=MAX_TTL_S, description="Seconds kept after completion.")]
+
+
+def _whole_number(value: Any) -> Any:
+    """A whole number written with a fraction (``9683.0``) as the integer it is, as JSON
+    Schema's ``integer`` counts it; anything else is left for strict validation to judge."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Whole = BeforeValidator(_whole_number)
+LeaseMs = Annotated[
+    int, Field(ge=1, le=MAX_LEASE_MS, description="Lease length, milliseconds."), Whole
+]
+TtlS = Annotated[
+    int, Field(ge=1, le=MAX_TTL_S, description="Seconds kept after completion."), Whole
+]
 
 
 class _Body(BaseModel):
@@ -182,14 +198,46 @@ class RecordRoute(APIRoute):
         return handle
 
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+class Claimed(BaseModel):
+    outcome: Literal["claimed"]
+    lease_token: str
+    attempt: int
+    lease_expires_at: int
+
+
+class Completed(BaseModel):
+    outcome: Literal["completed"]
+    attempt: int
+    completed_at: int
+
+
+class Replayed(Completed):
+    result: Any = Field(description="The stored result, exactly as it was completed.")
+
+
+class Extended(BaseModel):
+    lease_expires_at: int
+
+
+class RecordView(BaseModel):
+    namespace: str
+    key: str
+    status: Literal["in_progress", "completed"]
+    fingerprint: str | None
+    attempt: int
+    lease_expires_at: int
+    expires_at: int
+    completed_at: int | None
+    result: Any
+
+
 router = APIRouter(
     prefix="/v1/records/{namespace}/{key}",
     tags=["records"],
     route_class=RecordRoute,
     responses={
-        "4XX": {"description": "RFC 9457 problem details, with `code`", **_PROBLEM},
-        "503": {"description": "STORAGE_UNAVAILABLE, with Retry-After", **_PROBLEM},
+        "4XX": documented_problem("RFC 9457 problem details, with `code`"),
+        "503": documented_problem("STORAGE_UNAVAILABLE, with Retry-After"),
     },
 )
 
@@ -232,9 +280,13 @@ def _completed(record: Record) -> dict[str, Any]:
     status_code=201,
     summary="Claim a key, or get the result of the work already done under it",
     responses={
-        200: {"description": "Completed before: the stored result (Idempotent-Replayed: true)"},
-        409: {"description": "IN_PROGRESS: another caller holds the lease", **_PROBLEM},
-        422: {"description": "FINGERPRINT_MISMATCH", **_PROBLEM},
+        201: {"model": Claimed, "description": "Claimed: run the work"},
+        200: {
+            "model": Replayed,
+            "description": "Completed before: the stored result (Idempotent-Replayed: true)",
+        },
+        409: documented_problem("IN_PROGRESS: another caller holds the lease"),
+        422: documented_problem("FINGERPRINT_MISMATCH"),
     },
 )
 async def claim(
@@ -275,6 +327,7 @@ async def claim(
 @router.post(
     "/complete",
     summary="Store the result of the work the lease holder ran",
+    responses={200: {"model": Completed, "description": "Stored"}},
 )
 async def complete(
     request: Request, namespace: Namespace, key: Key, body: CompleteBody
@@ -303,6 +356,7 @@ async def release(request: Request, namespace: Namespace, key: Key, body: Releas
 @router.post(
     "/extend",
     summary="Extend the holder's lease (a heartbeat for long work)",
+    responses={200: {"model": Extended, "description": "Extended"}},
 )
 async def extend(request: Request, namespace: Namespace, key: Key, body: ExtendBody) -> Response:
     lease_expires_at = await records_of(request).extend(
@@ -329,7 +383,11 @@ def _shown(record: Record) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Read a record (never its lease token)")
+@router.get(
+    "",
+    summary="Read a record (never its lease token)",
+    responses={200: {"model": RecordView, "description": "The live record"}},
+)
 async def read(request: Request, namespace: Namespace, key: Key) -> Response:
     return _json(_shown(await records_of(request).get(namespace, key)))
 
