@@ -7,10 +7,13 @@ The hierarchy::
     │   ├── InvalidRequestError       400 INVALID_REQUEST
     │   ├── NotFoundError             404 NOT_FOUND
     │   ├── MethodNotAllowedError     405 METHOD_NOT_ALLOWED
+    │   ├── RequestTimeoutError       408 REQUEST_TIMEOUT (the request came too slowly)
     │   ├── InProgressError           409 IN_PROGRESS (with Retry-After)
     │   ├── LeaseLostError            409 LEASE_LOST
     │   ├── PayloadTooLargeError      413 PAYLOAD_TOO_LARGE
+    │   ├── URITooLongError           414 URI_TOO_LONG
     │   ├── FingerprintMismatchError  422 FINGERPRINT_MISMATCH
+    │   ├── HeadersTooLargeError      431 HEADERS_TOO_LARGE
     │   └── StorageUnavailableError   503 STORAGE_UNAVAILABLE (with Retry-After)
     └── ConfigurationError            bad settings or storage URL, found at start-up
 
@@ -26,6 +29,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ConfigurationError",
     "FingerprintMismatchError",
+    "HeadersTooLargeError",
     "IdemgateError",
     "InProgressError",
     "InvalidRequestError",
@@ -34,7 +38,9 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "ProblemError",
+    "RequestTimeoutError",
     "StorageUnavailableError",
+    "URITooLongError",
 ]
 
 
@@ -97,6 +103,10 @@ class MethodNotAllowedError(ProblemError):
     status, code, title = 405, "METHOD_NOT_ALLOWED", "Method not allowed"
 
 
+class RequestTimeoutError(ProblemError):
+    status, code, title = 408, "REQUEST_TIMEOUT", "Request timeout"
+
+
 def _retry_after_s(until_ms: int, now_ms: int) -> str:
     return str(max(1, -(-(until_ms - now_ms) // 1000)))
 
@@ -127,6 +137,14 @@ class LeaseLostError(ProblemError):
 
 class PayloadTooLargeError(ProblemError):
     status, code, title = 413, "PAYLOAD_TOO_LARGE", "Payload too large"
+
+
+class URITooLongError(ProblemError):
+    status, code, title = 414, "URI_TOO_LONG", "URI too long"
+
+
+class HeadersTooLargeError(ProblemError):
+    status, code, title = 431, "HEADERS_TOO_LARGE", "Request headers too large"
 
 
 class FingerprintMismatchError(ProblemError):

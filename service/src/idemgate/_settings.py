@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     # Longer than a load balancer's idle timeout (an ALB's is 60 s), so the balancer, never the
     # gateway, closes an idle connection: a close racing a new request would be a 502.
     keep_alive_s: int = Field(default=75, ge=1)
+    # Bounds on what one client may hold: a slow or endless request cannot keep a worker busy.
+    max_url_bytes: int = Field(default=8192, ge=256)
+    max_header_count: int = Field(default=100, ge=8)
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_result_bytes: int = Field(default=262144, ge=1, le=DYNAMODB_ITEM_LIMIT_BYTES - 8192)
     storage_connections: int = Field(default=64, ge=1)
     storage_timeout_ms: int = Field(default=2000, ge=1)

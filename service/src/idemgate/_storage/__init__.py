@@ -63,7 +63,7 @@ def open_storage(settings: Settings) -> Storage:
     if isinstance(location, SQLiteLocation):
         from idemgate._storage._sqlite import SQLiteStorage
 
-        return SQLiteStorage(location.path)
+        return SQLiteStorage(location.path, lock_timeout_ms=settings.storage_timeout_ms)
     from idemgate._storage._dynamodb import DynamoDBClient, DynamoDBStorage
 
     client = DynamoDBClient(

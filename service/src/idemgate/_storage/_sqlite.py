@@ -8,8 +8,10 @@ which SQLite runs as one transaction, taken while holding a lock file that every
 file takes (``flock``): so a claim that finds the key taken reads the blocking record before any
 other process can change it, and several worker processes share one file safely. The lock file,
 rather than SQLite's own locking, queues the writers because SQLite's busy handler waits by
-sleeping (1 ms, 2 ms, 5 ms, ...), far longer than a write takes, while a waiter on ``flock``
-wakes the moment the lock is free.
+sleeping (1 ms, 2 ms, 5 ms, ...), far longer than a write takes. The lock is taken without
+blocking: when another process holds it, the operation yields to the event loop and tries
+again, so a writer that stalls while holding it (a frozen process) never blocks this one's
+loop, and after ``lock_timeout_ms`` the operation fails with ``StorageUnavailableError``.
 ``synchronous=NORMAL`` keeps every committed record across a process crash or restart (a power
 cut may lose the last transactions; see docs/operations.md).
 """
@@ -20,8 +22,8 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ _COLUMNS = (
 _EXCLUDED = ", ".join(f"excluded.{column.strip()}" for column in _COLUMNS.split(","))
 _HELD = "namespace = ? AND key = ? AND status = 'in_progress' AND lease_token = ?"
 _SWEEP_BATCH = 1000
+_LOCK_POLL_S = 0.001
 
 
 def _record(row: Any) -> Record:
@@ -94,8 +97,11 @@ class SQLiteStorage(Storage):
 
     name = "sqlite"
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: Path | str, *, busy_timeout_ms: int = 5000, lock_timeout_ms: int = 2000
+    ) -> None:
         self.path = Path(path)
+        self._lock_timeout_s = lock_timeout_ms / 1000
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_file = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -114,10 +120,31 @@ class SQLiteStorage(Storage):
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailableError(f"cannot open SQLite file {self.path}: {exc}") from exc
 
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _try_lock(self) -> bool:
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    async def _wait_for_lock(self) -> None:
+        """Take the writers' lock that another process holds, or fail after the time limit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lock_timeout_s
+        await asyncio.sleep(0)  # a healthy holder's transaction is over by the next turn
+        while not self._try_lock():
+            if loop.time() >= deadline:
+                raise StorageUnavailableError(
+                    f"SQLite writers' lock {self.path}.lock is held by another process "
+                    f"for more than {self._lock_timeout_s:g} s"
+                )
+            await asyncio.sleep(_LOCK_POLL_S)
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[sqlite3.Connection]:
         """The connection, with the writers' lock held and SQLite errors translated."""
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        if not self._try_lock():
+            await self._wait_for_lock()
         try:
             yield self._connection
         except sqlite3.Error as exc:
@@ -136,7 +163,7 @@ class SQLiteStorage(Storage):
         return _record(row) if row else None
 
     async def create(self, record: Record, *, now_s: int) -> Record | None:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             written = connection.execute(
                 f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 f"ON CONFLICT (namespace, key) DO UPDATE SET ({_COLUMNS}) = ({_EXCLUDED}) "
@@ -152,7 +179,7 @@ class SQLiteStorage(Storage):
             return _record(row)
 
     async def take_over(self, record: Record, *, previous: Record) -> bool:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             cursor = connection.execute(
                 f"UPDATE records SET ({_COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?) "
                 f"WHERE {_HELD} AND lease_expires_at = ?",
@@ -178,7 +205,7 @@ class SQLiteStorage(Storage):
         ttl_s: int | None,
         now_s: int,
     ) -> Record | None:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             row = connection.execute(
                 "UPDATE records SET status = 'completed', result = ?, completed_at = ?, "
                 "ttl_s = coalesce(?, ttl_s), expires_at_s = ? + coalesce(?, ttl_s) "
@@ -207,7 +234,7 @@ class SQLiteStorage(Storage):
         expires_base_s: int,
         now_s: int,
     ) -> bool:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             cursor = connection.execute(
                 "UPDATE records SET lease_expires_at = ?, expires_at_s = ? + ttl_s "
                 f"WHERE {_HELD} AND expires_at_s > ?",
@@ -216,14 +243,14 @@ class SQLiteStorage(Storage):
             return cursor.rowcount == 1
 
     async def release(self, namespace: str, key: str, lease_token: str) -> bool:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             cursor = connection.execute(
                 f"DELETE FROM records WHERE {_HELD}", (namespace, key, lease_token)
             )
             return cursor.rowcount == 1
 
     async def delete(self, namespace: str, key: str) -> None:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             connection.execute(
                 "DELETE FROM records WHERE namespace = ? AND key = ?", (namespace, key)
             )
@@ -237,7 +264,7 @@ class SQLiteStorage(Storage):
     async def sweep(self, *, now_s: int) -> int:
         deleted = 0
         while True:
-            with self._writing() as connection:
+            async with self._writing() as connection:
                 batch = connection.execute(
                     "DELETE FROM records WHERE (namespace, key) IN (SELECT namespace, key "
                     "FROM records WHERE expires_at_s <= ? LIMIT ?)",
