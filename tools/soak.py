@@ -6,7 +6,7 @@ each event is delivered 1 to 3 times, some duplicates at once, some later; each 
 to a random gateway of its backend, through the Python adapter (``@idempotent``) or the Node
 client (tools/soak_node.mjs). Some invocations "time out" mid-work: they stop without completing
 or releasing, and their lease must run out before a retry takes over. At random points of the
-stream a gateway is SIGKILLed and restarted, a DynamoDB replica is frozen (SIGSTOP) for a few
+stream a gateway is SIGKILLed and restarted, a gateway process is frozen (SIGSTOP) for a few
 seconds, and the storage delay changes. A delivery that fails (timed out, in progress, gateway
 unavailable) is retried later, as Lambda would.
 
@@ -344,17 +344,18 @@ class Chaos:
         gateway.start()
 
     def _pause_and_resume(self) -> None:
-        # Requests already sent to a frozen replica wait in its socket and are handled when it
+        # Requests already sent to a frozen process wait in its socket and are handled when it
         # resumes, after their callers gave up and, maybe, after their leases ended: only the
-        # fencing token stops a stale complete then. (A frozen SQLite worker would hold the
-        # writers' lock: a fault of its own, tested apart.)
-        gateway = self._rng.choice(self._stack.gateways["dynamodb"])
-        gateway.send_signal(signal.SIGSTOP)
+        # fencing token stops a stale complete then. A frozen SQLite worker may also hold the
+        # writers' lock: its sibling must answer 503 within the storage timeout meanwhile.
+        gateway = self._rng.choice([g for gs in self._stack.gateways.values() for g in gs])
+        worker = self._rng.choice(gateway.worker_pids())
+        os.kill(worker, signal.SIGSTOP)
         self._figures.gateway_pauses += 1
         try:
             time.sleep(self._rng.uniform(*GATEWAY_PAUSED_S))
         finally:
-            gateway.send_signal(signal.SIGCONT)
+            os.kill(worker, signal.SIGCONT)
 
     def settle(self) -> None:
         """Wait for every restart, and make storage fast for the final checks."""
@@ -521,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="new events per second")
     parser.add_argument("--concurrency", type=int, default=16, help="invocations at once")
     parser.add_argument("--kills", type=int, default=20, help="gateway SIGKILLs in the stream")
-    parser.add_argument("--pauses", type=int, default=10, help="gateway SIGSTOPs (DynamoDB)")
+    parser.add_argument("--pauses", type=int, default=10, help="gateway worker SIGSTOPs")
     parser.add_argument("--delays", type=int, default=40, help="storage delay changes")
     parser.add_argument("--timeout-share", type=float, default=0.05, help="invocations cut short")
     parser.add_argument("--seed", type=int, default=None)

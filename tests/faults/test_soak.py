@@ -12,14 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from idemgate.testing import DynamoDBLocal
 
 SOAK = Path(__file__).resolve().parents[2] / "tools" / "soak.py"
 EVENTS = 200
 KILLS = 2
-SOAK_TIMEOUT_S = 300
+SOAK_TIMEOUT_S = 240
 
 
+@pytest.mark.timeout(SOAK_TIMEOUT_S + 30)
 def test_a_short_soak_runs_every_event_once_except_after_expired_leases(
     dynamodb_local: DynamoDBLocal,
 ) -> None:
@@ -37,6 +40,7 @@ def test_a_short_soak_runs_every_event_once_except_after_expired_leases(
     run = subprocess.run(
         command, capture_output=True, text=True, timeout=SOAK_TIMEOUT_S, check=False
     )
+    assert run.stdout, run.stderr[-3000:]
     report = json.loads(run.stdout.splitlines()[-1])
 
     assert run.returncode == 0, report

@@ -266,6 +266,11 @@ class GatewayServer:
             raise
         return self
 
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests: the worker processes, or the server itself."""
+        assert self._process is not None
+        return _children(self._process.pid) if self.workers > 1 else [self._process.pid]
+
     def send_signal(self, signum: int) -> None:
         """Signal the gateway's main process (SIGTERM: a graceful shutdown)."""
         assert self._process is not None
