@@ -51,6 +51,10 @@ _KEY_PREFIX = re.compile(r"[A-Za-z0-9._~@=+-]{1,190}")
 _MAX_PREFIX = 190  # 255 for a key, less ':' and 64 hex digits
 _DISABLED_VARIABLES = ("IDEMGATE_IDEMPOTENCY_DISABLED", "POWERTOOLS_IDEMPOTENCY_DISABLED")
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_ENVIRON_DATA: dict[Any, Any] | None = getattr(os.environ, "_data", None)
+_DISABLED_KEYS = tuple(
+    (variable, getattr(os.environ, "encodekey", str)(variable)) for variable in _DISABLED_VARIABLES
+)
 # The refusals of complete that are about the result itself: storing a marker instead helps.
 _RESULT_REFUSALS = frozenset({"PAYLOAD_TOO_LARGE", "INVALID_REQUEST"})
 
@@ -177,16 +181,29 @@ def idempotent_function(
 
 
 def _disabled() -> bool:
-    """Whether idempotency is switched off for tests (Powertools' variable, or ours)."""
-    for variable in _DISABLED_VARIABLES:
-        value = os.environ.get(variable)
-        if value and value.strip().lower() in _TRUE:
+    """Whether idempotency is switched off for tests (Powertools' variable, or ours).
+
+    Read on every call, as Powertools does, since tests set it after importing the handler.
+    The usual answer is a miss, which ``os.environ.get`` turns into a KeyError raised and caught
+    per variable, most of the adapter's own CPU on a replay; CPython's ``os.environ`` keeps the
+    environment in a plain dict of encoded names, which answers a miss without one.
+    """
+    for variable, encoded in _DISABLED_KEYS:
+        if _ENVIRON_DATA is None:  # not CPython
+            value: str | bytes | None = os.environ.get(variable)
+        else:
+            value = _ENVIRON_DATA.get(encoded)
+        if value and _text(value).strip().lower() in _TRUE:
             warnings.warn(
                 f"{variable} is set: running without idempotency. Never set it in production.",
                 stacklevel=3,
             )
             return True
     return False
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _lambda_context(context: Any) -> tuple[LambdaContext | None, bool]:
@@ -376,11 +393,13 @@ class _Guard:
             # Falling back must still leave the work its time.
             invocation = invocation.share(config.claim_time_share)
         # A durable replay's holder is its own execution: there is nothing to wait for.
-        wait_s = 0 if durable_replay else config.wait_for_result_ms / 1000
-        wait_until = time.monotonic() + wait_s
+        waits = bool(config.wait_for_result_ms) and not durable_replay
+        wait_until = time.monotonic() + config.wait_for_result_ms / 1000 if waits else 0.0
+        wait_ms = 0
         poll = 0
         while True:
-            wait_ms = max(0, int((wait_until - time.monotonic()) * 1000))
+            if waits:
+                wait_ms = max(0, int((wait_until - time.monotonic()) * 1000))
             try:
                 return store.claim(
                     key,
