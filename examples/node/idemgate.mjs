@@ -509,7 +509,9 @@ function logIncident(level, incident, message, details) {
  * `stopBelowMs` left. With `backoff` ({baseS, capS, jitterS}), failed messages are hidden for
  * `sqsVisibilityTimeoutS` and unstarted ones made visible at once, by a SigV4-signed
  * ChangeMessageVisibilityBatch call (credentials from the environment, endpoint
- * `sqsEndpointUrl`, else AWS_ENDPOINT_URL_SQS, else the region's).
+ * `sqsEndpointUrl`, else AWS_ENDPOINT_URL_SQS, else the region's). With `deadLetter`
+ * ({queueArn, afterReceives = 5}), a message that keeps failing is sent to that queue with its
+ * failure's details and reported processed, as the Python adapter's DeadLetterHandoff does.
  */
 export async function processSqsBatch(
   event,
@@ -524,6 +526,7 @@ export async function processSqsBatch(
     reserveMs = 500,
     stopBelowMs = reserveMs + SQS_CALLS_MS,
     backoff,
+    deadLetter,
     sqsEndpointUrl = process.env.AWS_ENDPOINT_URL_SQS ?? process.env.AWS_ENDPOINT_URL,
   },
 ) {
@@ -545,7 +548,7 @@ export async function processSqsBatch(
     expiresAfterSeconds,
     reserveMs,
   });
-  const failures = [];
+  let failures = [];
   const failedGroups = new Set();
   for (const [index, record] of records.entries()) {
     if (context && context.getRemainingTimeInMillis() < stopBelowMs) {
@@ -574,17 +577,15 @@ export async function processSqsBatch(
       if (group !== undefined) failedGroups.add(group);
     }
   }
+  const sqs = { sqsEndpointUrl, budget, maxCallMs: client.maxCallMs };
+  if (deadLetter) failures = await handOff(failures, deadLetter, sqs);
   const timeouts = new Map();
   if (backoff && failures.length) {
     for (const { record, started } of failures) {
       const receives = Number(record.attributes?.ApproximateReceiveCount ?? 1);
       timeouts.set(record.messageId, started ? sqsVisibilityTimeoutS(receives, backoff) : 0);
     }
-    await changeVisibility(failures, timeouts, {
-      sqsEndpointUrl,
-      budget,
-      maxCallMs: client.maxCallMs,
-    });
+    await changeVisibility(failures, timeouts, sqs);
   }
   for (const { record, reason, error } of failures) {
     const details = {
@@ -605,6 +606,68 @@ export async function processSqsBatch(
   return {
     batchItemFailures: failures.map(({ record }) => ({ itemIdentifier: record.messageId })),
   };
+}
+
+/**
+ * Sends each message that failed for its own reasons (not held elsewhere, not for want of the
+ * gateway) and was received `afterReceives` times to `queueArn`, with the failure's details as
+ * `idemgate.*` attributes; returns the failures still to report (those not sent).
+ */
+async function handOff(failures, { queueArn, afterReceives = 5 }, sqs) {
+  const remaining = [];
+  for (const failure of failures) {
+    const { record, reason, error } = failure;
+    const receives = Number(record.attributes?.ApproximateReceiveCount ?? 1);
+    const transient =
+      error instanceof IdempotencyAlreadyInProgressError ||
+      error instanceof IdempotencyUnavailableError;
+    if (!error || transient || receives < afterReceives) {
+      remaining.push(failure);
+      continue;
+    }
+    const attributes = {
+      "idemgate.failure": { DataType: "String", StringValue: reason.slice(0, 1024) },
+      "idemgate.source-message-id": { DataType: "String", StringValue: record.messageId },
+      "idemgate.source-queue-arn": { DataType: "String", StringValue: record.eventSourceARN },
+      "idemgate.receive-count": { DataType: "Number", StringValue: String(receives) },
+    };
+    for (const [name, value] of Object.entries(record.messageAttributes ?? {})) {
+      if (Object.keys(attributes).length >= 10 || name in attributes) continue;
+      attributes[name] =
+        value.binaryValue != null
+          ? { DataType: value.dataType, BinaryValue: value.binaryValue }
+          : { DataType: value.dataType, StringValue: String(value.stringValue ?? "") };
+    }
+    try {
+      await sqsCall(
+        queueArn,
+        "SendMessage",
+        (queueUrl) => ({
+          QueueUrl: queueUrl,
+          MessageBody: record.body,
+          MessageAttributes: attributes,
+          ...(queueArn.endsWith(".fifo")
+            ? {
+                MessageGroupId: record.attributes?.MessageGroupId ?? "dead-letters",
+                MessageDeduplicationId: record.messageId,
+              }
+            : {}),
+        }),
+        sqs,
+      );
+    } catch (failed) {
+      logIncident("WARNING", "sqs_call_failed", failed.message, { message_id: record.messageId });
+      remaining.push(failure);
+      continue;
+    }
+    logIncident(
+      "WARNING",
+      "record_dead_lettered",
+      `sent to ${queueArn} after ${receives} receives: ${reason}`,
+      { message_id: record.messageId },
+    );
+  }
+  return remaining;
 }
 
 /** Sets the visibility timeouts, ten messages a call; a refusal is logged and forgotten. */

@@ -152,6 +152,34 @@ def test_node_logs_a_refused_visibility_change_and_still_reports_the_failure(
     assert failed["visibility_timeout_s"] is None
 
 
+def test_node_hands_a_message_that_keeps_failing_to_the_dead_letter_queue(
+    node: str, root: Path, environment: dict[str, str], sqs: Any
+) -> None:
+    name = f"node-{uuid.uuid4().hex[:10]}"
+    queue, redrive_target = create_queue_with_redrive(sqs, name, max_receive_count=10)
+    explicit = create_queue(sqs, f"{name}-failures")
+    _send(
+        sqs,
+        queue.url,
+        "poison",
+        MessageAttributes={"tenant": {"DataType": "String", "StringValue": "acme"}},
+    )
+    dead_letter = json.dumps({"queueArn": explicit.arn, "afterReceives": 2})
+    invoke = _node_invoke(node, root, environment, FAIL="poison", DEAD_LETTER=dead_letter)
+    poller = Poller(sqs, queue)
+    poller.drain(invoke, until=lambda: queue_size(sqs, explicit) == 1)
+
+    assert poller.responses[-1] == {"batchItemFailures": []}
+    assert queue_size(sqs, queue) == 0
+    assert queue_size(sqs, redrive_target) == 0
+    [dead] = Poller(sqs, explicit).receive()
+    attributes = {name: value["StringValue"] for name, value in dead["MessageAttributes"].items()}
+    assert attributes["idemgate.failure"] == "Error: the payment service refused poison"
+    assert attributes["idemgate.receive-count"] == "2"
+    assert attributes["idemgate.source-queue-arn"] == queue.arn
+    assert attributes["tenant"] == "acme"
+
+
 def test_node_fifo_groups_and_deadline(
     node: str, root: Path, environment: dict[str, str], sqs: Any
 ) -> None:

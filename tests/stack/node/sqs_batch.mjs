@@ -4,8 +4,9 @@
 // the AWS credentials the SQS calls are signed with, SQS_ENDPOINT_URL, REMAINING_MS (the fake
 // context's time), BACKOFF (JSON, {baseS, capS, jitterS}), LEDGER (a file each record's order
 // is appended to: the side effect that must happen once), FAIL (comma-separated orders whose
-// handler throws), SLOW (an order whose handler first waits SLOW_MS) and KEY ("order": key on
-// the body's order instead of the messageId). Prints the handler's response as one JSON line.
+// handler throws), SLOW (an order whose handler first waits SLOW_MS), KEY ("order": key on
+// the body's order instead of the messageId) and DEAD_LETTER (JSON, {queueArn, afterReceives}).
+// Prints the handler's response as one JSON line.
 
 import { appendFileSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -15,6 +16,7 @@ import { IdemgateClient, processSqsBatch } from "../../../examples/node/idemgate
 const {
   REMAINING_MS = "10000",
   BACKOFF,
+  DEAD_LETTER,
   LEDGER,
   FAIL = "",
   SLOW,
@@ -48,6 +50,7 @@ const response = await processSqsBatch(
     eventKey: KEY === "order" ? (record) => JSON.parse(record.body).order : undefined,
     reserveMs: 100,
     backoff: BACKOFF ? JSON.parse(BACKOFF) : undefined,
+    deadLetter: DEAD_LETTER ? JSON.parse(DEAD_LETTER) : undefined,
     sqsEndpointUrl: process.env.SQS_ENDPOINT_URL,
   },
 );
