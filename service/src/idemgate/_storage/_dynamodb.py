@@ -50,6 +50,7 @@ TTL_ATTRIBUTE = "expires_at"
 # The index that lists a namespace's records, latest lease end first; it projects keys only.
 NAMESPACE_INDEX = "by_namespace"
 NAMESPACE_ATTRIBUTE = "namespace"
+_LIST_READS_AT_ONCE = 8
 _SEPARATOR = "#"
 _API_VERSION = "DynamoDB_20120810"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -447,7 +448,11 @@ class DynamoDBStorage(Storage):
             **page,
         )
         keys = [item[PARTITION_KEY]["S"].partition(_SEPARATOR)[2] for item in answer["Items"]]
-        found = await asyncio.gather(*(self.get(namespace, key) for key in keys))
+        found: list[Record | None] = []
+        # A few reads at a time, so a listing never takes the connections claims are waiting on.
+        for start in range(0, len(keys), _LIST_READS_AT_ONCE):
+            chunk = keys[start : start + _LIST_READS_AT_ONCE]
+            found += await asyncio.gather(*(self.get(namespace, key) for key in chunk))
         records = [record for record in found if record is not None]
         last = answer.get("LastEvaluatedKey")
         if last is None:

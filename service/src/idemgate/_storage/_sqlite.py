@@ -48,7 +48,6 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_expiry ON records (expires_at_s);
-CREATE INDEX IF NOT EXISTS records_by_namespace_lease ON records (namespace, lease_expires_at);
 """
 _COLUMNS = (
     "namespace, key, status, fingerprint, attempt, lease_token, lease_expires_at, ttl_s, "
@@ -283,20 +282,29 @@ class SQLiteStorage(Storage):
     async def list_records(
         self, namespace: str, *, after: ListPosition | None, limit: int
     ) -> tuple[list[Record], ListPosition | None]:
-        # The index holds the primary key too, so (lease_expires_at, key) orders it fully.
+        # No index by lease end, which every claim would pay to write: a page scans the
+        # namespace's rows (a primary key prefix) keeping the top ``limit``, on a connection of
+        # its own in a worker thread, so the event loop serves claims meanwhile.
         before = "AND (lease_expires_at, key) < (?, ?) " if after is not None else ""
-        try:
-            rows = self._connection.execute(
-                f"SELECT {_COLUMNS} FROM records WHERE namespace = ? {before}"
-                "ORDER BY lease_expires_at DESC, key DESC LIMIT ?",
-                (namespace, *(after or ()), limit),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
+        query = (
+            f"SELECT {_COLUMNS} FROM records WHERE namespace = ? {before}"
+            "ORDER BY lease_expires_at DESC, key DESC LIMIT ?"
+        )
+        rows = await asyncio.to_thread(self._read_all, query, (namespace, *(after or ()), limit))
         records = [_record(row) for row in rows]
         if len(records) < limit or not records:
             return records, None
         return records, (records[-1].lease_expires_at, records[-1].key)
+
+    def _read_all(self, query: str, parameters: tuple[object, ...]) -> list[Any]:
+        try:
+            connection = sqlite3.connect(self.path)
+            try:
+                return connection.execute(query, parameters).fetchall()
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
 
     async def end_lease(self, namespace: str, key: str, *, lease_expires_at: int) -> Record | None:
         with self._writing() as connection:
