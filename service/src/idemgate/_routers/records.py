@@ -401,7 +401,10 @@ async def delete(request: Request, namespace: Namespace, key: Key) -> Response:
 @router.post(
     "/expire",
     summary="End an in-progress lease now, so the next claim takes over",
-    responses={404: {"description": "NOT_FOUND: no live record", **_PROBLEM}},
+    responses={
+        200: {"model": RecordView, "description": "The record as it now is"},
+        404: documented_problem("NOT_FOUND: no live record"),
+    },
 )
 async def expire(request: Request, namespace: Namespace, key: Key) -> Response:
     """A completed record is left as it is. Answers the record as it now is."""
@@ -409,14 +412,28 @@ async def expire(request: Request, namespace: Namespace, key: Key) -> Response:
 
 
 MAX_LIST_LIMIT = 100
+
+
+class RecordPage(BaseModel):
+    items: list[RecordView]
+    cursor: str | None = Field(description="The next page's cursor; null on the last page.")
+
+
 listing_router = APIRouter(
     prefix="/v1/records/{namespace}",
     tags=["records"],
-    responses={"4XX": {"description": "RFC 9457 problem details, with `code`", **_PROBLEM}},
+    responses={
+        "4XX": documented_problem("RFC 9457 problem details, with `code`"),
+        "503": documented_problem("STORAGE_UNAVAILABLE, with Retry-After"),
+    },
 )
 
 
-@listing_router.get("", summary="List a namespace's records, latest lease end first")
+@listing_router.get(
+    "",
+    summary="List a namespace's records, latest lease end first",
+    responses={200: {"model": RecordPage, "description": "One page of records"}},
+)
 async def list_records(
     request: Request,
     namespace: Namespace,

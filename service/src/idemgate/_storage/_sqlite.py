@@ -307,7 +307,7 @@ class SQLiteStorage(Storage):
             raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
 
     async def end_lease(self, namespace: str, key: str, *, lease_expires_at: int) -> Record | None:
-        with self._writing() as connection:
+        async with self._writing() as connection:
             connection.execute(
                 "UPDATE records SET lease_expires_at = ? WHERE namespace = ? AND key = ? "
                 "AND status = 'in_progress' AND lease_expires_at > ?",
