@@ -226,8 +226,15 @@ class DynamoDBClient:
         while True:
             attempt += 1
             headers = self._signed_headers(target, body, credentials)
+            # Each attempt gets an even share of the time left, so an answer lost on the way
+            # (a write applied, its answer never seen) is retried within the call's budget.
+            now = loop.time()
+            attempt_deadline = now + (deadline - now) / (self._max_attempts - attempt + 1)
             try:
-                response = await self._pool.post(headers, body)
+                async with asyncio.timeout_at(attempt_deadline):
+                    response = await self._pool.post(headers, body)
+            except TimeoutError:
+                failure = f"no answer within {(attempt_deadline - now) * 1000:.0f} ms"
             except (ExchangeError, OSError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             else:
