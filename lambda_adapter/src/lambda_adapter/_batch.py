@@ -286,7 +286,7 @@ def _guard(
 ) -> _Guard:
     """One guard per handler and settings, kept across invocations for its local cache."""
     config = config or IdempotencyConfig()
-    if config.event_key_jmespath is None:
+    if not config.event_key_jmespath:  # "" (Powertools' default) or None: no expression
         if default_key is None:
             raise ValueError(
                 "unknown eventSource: set config.event_key_jmespath to pick each record's id"
