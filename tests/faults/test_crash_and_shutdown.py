@@ -99,7 +99,7 @@ def test_every_complete_answered_200_survives_a_sigkill_under_load(
             load.wait_for(completes=len(load.completed) + COMPLETES_AFTER_RESTART)
         with httpx.Client(base_url=f"{gateway.url}/v1/records/{namespace}") as http:
             for key, result in load.completed.items():
-                record = http.get(f"/{key}")
+                record = _read_through_busy_storage(http, key)
                 assert record.status_code == 200, key
                 assert record.json()["status"] == "completed"
                 assert record.json()["result"] == result
@@ -109,6 +109,15 @@ def test_every_complete_answered_200_survives_a_sigkill_under_load(
         path = crash_storage.removeprefix("sqlite:///")
         with contextlib.closing(sqlite3.connect(path)) as database:
             assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def _read_through_busy_storage(http: httpx.Client, key: str) -> httpx.Response:
+    """GET a record, asking again while a loaded box's storage answers 503: what is checked
+    here is that the record survived, not how fast the storage is."""
+    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+    while (record := http.get(f"/{key}", timeout=CLIENT_TIMEOUT_S)).status_code == 503:
+        assert time.monotonic() < deadline, record.text
+    return record
 
 
 def _refuses_connections(port: int) -> bool:
