@@ -166,6 +166,14 @@ def test_delete_and_operator_paths_need_the_admin_role(auth_gateway: AuthGateway
         _assert_problem(client.delete(f"/v1/records/{namespace}/k"), 403, "FORBIDDEN")
         assert client.get(f"/v1/records/{namespace}/k").status_code == 200  # still there
         _assert_problem(client.get("/v1/admin/anything"), 403, "FORBIDDEN")
+        # Listing a namespace and ending a lease are operators' calls, even in one's namespace.
+        _assert_problem(client.get(f"/v1/records/{namespace}"), 403, "FORBIDDEN")
+        _assert_problem(client.post(f"/v1/records/{namespace}/k/expire"), 403, "FORBIDDEN")
+        assert client.get(f"/v1/records/{namespace}/k").json()["status"] == "in_progress"
+        assert [item["key"] for item in admin.get(f"/v1/records/{namespace}").json()["items"]] == [
+            "k"
+        ]
+        assert admin.post(f"/v1/records/{namespace}/k/expire").status_code == 200
         assert admin.delete(f"/v1/records/{namespace}/k").status_code == 204
         _assert_problem(admin.get("/v1/admin/anything"), 404, "NOT_FOUND")
         _assert_problem(admin.get(f"/v1/records/{namespace}/k"), 404, "NOT_FOUND")
