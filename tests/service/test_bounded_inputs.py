@@ -163,6 +163,14 @@ def test_json_nesting_up_to_64_levels_is_accepted(client: httpx.Client, record_p
     assert_problem(client.post(f"{record_path}/complete", content=too_deep), 400, "INVALID_REQUEST")
 
 
+def test_deep_json_with_an_unterminated_string_is_refused_at_once(
+    client: httpx.Client, record_path: str
+) -> None:
+    body = b"[" * 70 + b'"' + b"a" * 100_000
+    response = client.post(f"{record_path}/complete", content=body, timeout=30)
+    assert_problem(response, 400, "INVALID_REQUEST")
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
