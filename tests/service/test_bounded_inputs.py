@@ -90,8 +90,9 @@ def test_a_chunked_body_past_the_limit_is_413_at_once_and_the_connection_closed(
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     assert json.loads(body)["code"] == "PAYLOAD_TOO_LARGE"
-    # The answer came while the body was streaming, long before its 64 MB end.
-    assert sent < 8 << 20
+    # The answer came while the body was streaming, long before its 64 MB end (what was sent
+    # beyond the limit sits in the sockets' buffers, which loopback lets grow to a few MB).
+    assert sent < 32 << 20
 
 
 def rss_kb(pid: int) -> int:
