@@ -90,8 +90,9 @@ def test_a_chunked_body_past_the_limit_is_413_at_once_and_the_connection_closed(
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     assert json.loads(body)["code"] == "PAYLOAD_TOO_LARGE"
-    # The answer came while the body was streaming, long before its 64 MB end.
-    assert sent < 8 << 20
+    # The answer came while the body was streaming, long before its 64 MB end (what was sent
+    # beyond the limit sits in the sockets' buffers, which loopback lets grow to a few MB).
+    assert sent < 32 << 20
 
 
 def rss_kb(pid: int) -> int:
@@ -161,6 +162,14 @@ def test_json_nesting_up_to_64_levels_is_accepted(client: httpx.Client, record_p
     assert client.post(f"{record_path}/complete", content=body).status_code == 200
     too_deep = complete_body("[" * 64 + "]" * 64)
     assert_problem(client.post(f"{record_path}/complete", content=too_deep), 400, "INVALID_REQUEST")
+
+
+def test_deep_json_with_an_unterminated_string_is_refused_at_once(
+    client: httpx.Client, record_path: str
+) -> None:
+    body = b"[" * 70 + b'"' + b"a" * 100_000
+    response = client.post(f"{record_path}/complete", content=body, timeout=30)
+    assert_problem(response, 400, "INVALID_REQUEST")
 
 
 @pytest.mark.parametrize(

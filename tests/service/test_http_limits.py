@@ -18,6 +18,7 @@ from idemgate.testing import LOOPBACK, GatewayServer
 
 from .test_bounded_inputs import read_answer
 
+KEEP_ALIVE_S = 1
 HEAD_TIMEOUT_S = 1
 BODY_TIMEOUT_S = 2
 
@@ -26,6 +27,7 @@ BODY_TIMEOUT_S = 2
 def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     path: Path = tmp_path_factory.mktemp("limits") / "idemgate.db"
     env = {
+        "IDEMGATE_KEEP_ALIVE_S": str(KEEP_ALIVE_S),
         "IDEMGATE_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
         "IDEMGATE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
@@ -133,7 +135,6 @@ def trickle(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
 @pytest.mark.parametrize(
     ("opening", "trickled", "what"),
     [
-        (b"", b"", "request head"),
         (b"GET /healthz HTTP/1.1\r\n", b"X-Slow: " + b"s" * 1000, "request head"),
         (
             b"POST /v1/records/ns/slow/claim HTTP/1.1\r\nHost: gw\r\nContent-Length: 500\r\n\r\n",
@@ -141,7 +142,7 @@ def trickle(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
             "request body",
         ),
     ],
-    ids=["idle-connection", "trickled-head", "trickled-body"],
+    ids=["trickled-head", "trickled-body"],
 )
 def test_slow_and_idle_senders_are_answered_408_and_closed(
     strict_gateway: GatewayServer, opening: bytes, trickled: bytes, what: str
@@ -172,3 +173,10 @@ def test_a_request_within_the_limits_is_served(strict_gateway: GatewayServer) ->
         sock.sendall(request)
         status, _, _ = read_answer(sock)
     assert status == 201
+
+
+def test_a_connection_that_never_sends_is_closed_after_keep_alive(
+    strict_gateway: GatewayServer,
+) -> None:
+    with socket.create_connection((LOOPBACK, strict_gateway.port), timeout=60) as sock:
+        assert sock.recv(1) == b""

@@ -8,9 +8,10 @@ uvicorn's httptools protocol also puts no bound on a request's head (URL, header
 size) nor on how long a client may take to send it or its body, and it answers a request it
 cannot parse in ``text/plain``. Here the head is bounded by the ``IDEMGATE_MAX_URL_BYTES``,
 ``IDEMGATE_MAX_HEADER_COUNT`` and ``IDEMGATE_MAX_HEADER_BYTES`` settings, a request's head must
-arrive within ``IDEMGATE_HEAD_TIMEOUT_S`` (counted from the connection's opening or the
-request's first byte) and its body within ``IDEMGATE_BODY_TIMEOUT_S`` of its head, and every
-refusal is a problem-details answer that closes the connection.
+arrive within ``IDEMGATE_HEAD_TIMEOUT_S`` of its first byte and its body within
+``IDEMGATE_BODY_TIMEOUT_S`` of its head, a new connection that sends nothing is closed after
+``IDEMGATE_KEEP_ALIVE_S`` like an idle one, and every refusal is a problem-details answer that
+closes the connection.
 """
 
 from __future__ import annotations
@@ -105,7 +106,11 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._header_count = self._header_bytes = 0
         self._in_head, self._head_bytes = True, 0
-        self._time_limit(self._limits.head_timeout_s, "request head")
+        # A connection that never sends a byte is idle like one between requests: uvicorn's
+        # keep-alive timer closes it, and the first byte cancels that timer.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -109,8 +109,9 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 _JSON = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_members)
 MAX_JSON_DEPTH = 64
-# A string (skipped whole) or a bracket: what nesting depth is counted from.
-_JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]+|\\.)*"|[\[\]{}]')
+# A string (skipped whole) or a bracket: what nesting depth is counted from. The quantifiers
+# are possessive: an unterminated string must fail in linear time, not by backtracking.
+_JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
 
 
 def _too_deep(raw: bytes) -> bool:
