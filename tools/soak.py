@@ -92,7 +92,6 @@ class InvocationTimedOut(BaseException):
 class Delivery:
     event: int
     backend: str
-    concurrent: bool = False
     attempts: int = 0
 
 
@@ -395,7 +394,7 @@ def plan(
             concurrent = copy > 0 and rng.random() < 0.4
             figures.concurrent_duplicates += concurrent
             later = 0.0 if copy == 0 or concurrent else rng.uniform(0.05, 3.0)
-            delivery = Delivery(event, backend, concurrent=concurrent)
+            delivery = Delivery(event, backend)
             heapq.heappush(timeline, (due + later, next(sequence), delivery))
     stream_s = args.events / args.rate
     for action, count in (("kill", args.kills), ("pause", args.pauses)):

@@ -21,7 +21,10 @@ from .conftest import StallingServer
 TRIALS = 5
 REMAINING_MS = 1000
 RESERVE_MS = 200
-SLACK_S = 0.050
+# The adapter gives up at its budget, the remaining time less the reserve, which is the
+# handler's to answer before Lambda's deadline. Control must come back before half the reserve
+# is spent: room for a busy machine to schedule the thread late, none for ignoring the reserve.
+ON_TIME_S = (REMAINING_MS - RESERVE_MS / 2) / 1000
 API_GATEWAY_EVENT = {
     "version": "2.0",
     "requestContext": {"http": {"method": "POST"}},
@@ -57,7 +60,7 @@ def test_a_stalling_gateway_is_abandoned_at_the_budget_every_time(
         with pytest.raises(IdempotencyUnavailableError) as caught:
             handler({"order": f"o-{trial}"}, context)
         elapsed = time.monotonic() - started
-        assert elapsed <= (REMAINING_MS - RESERVE_MS) / 1000 + SLACK_S
+        assert elapsed <= ON_TIME_S
         assert caught.value.request_id == context.aws_request_id
     assert stalling_server.connections >= 1
 
@@ -68,14 +71,14 @@ def test_retries_and_backoff_stay_within_the_budget(stalling_server: StallingSer
         started = time.monotonic()
         with pytest.raises(IdempotencyUnavailableError):
             handler({"order": "o-1"}, FakeLambdaContext(remaining_ms=REMAINING_MS))
-        assert time.monotonic() - started <= (REMAINING_MS - RESERVE_MS) / 1000 + SLACK_S
+        assert time.monotonic() - started <= ON_TIME_S
 
 
 def test_an_http_event_gets_its_503_on_time(stalling_server: StallingServer) -> None:
     handler = _handler(stalling_server.url)
     started = time.monotonic()
     response = handler(API_GATEWAY_EVENT, FakeLambdaContext(remaining_ms=REMAINING_MS))
-    assert time.monotonic() - started <= (REMAINING_MS - RESERVE_MS) / 1000 + SLACK_S
+    assert time.monotonic() - started <= ON_TIME_S
     assert isinstance(response, dict)
     assert response["statusCode"] == 503
 
@@ -85,5 +88,5 @@ def test_no_call_is_made_without_budget(silent_server: StallingServer) -> None:
     started = time.monotonic()
     with pytest.raises(IdempotencyUnavailableError, match="no time was left"):
         handler({"order": "o-1"}, FakeLambdaContext(remaining_ms=RESERVE_MS - 1))
-    assert time.monotonic() - started < SLACK_S
+    assert time.monotonic() - started < RESERVE_MS / 1000
     assert silent_server.connections == 0

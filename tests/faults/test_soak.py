@@ -19,6 +19,7 @@ from idemgate.testing import DynamoDBLocal
 SOAK = Path(__file__).resolve().parents[2] / "tools" / "soak.py"
 EVENTS = 200
 KILLS = 2
+PAUSES = 1
 SOAK_TIMEOUT_S = 240
 
 
@@ -32,7 +33,7 @@ def test_a_short_soak_runs_every_event_once_except_after_expired_leases(
         f"--events={EVENTS}",
         "--rate=50",
         f"--kills={KILLS}",
-        "--pauses=1",
+        f"--pauses={PAUSES}",
         "--delays=4",
         "--timeout-share=0.1",
         f"--dynamodb-port={dynamodb_local.port}",
@@ -50,6 +51,7 @@ def test_a_short_soak_runs_every_event_once_except_after_expired_leases(
     assert report["stale_results"] == 0, report["examples"]
     assert report["events"] == EVENTS
     assert report["gateway_kills"] == KILLS
+    assert report["gateway_pauses"] == PAUSES
     assert report["deliveries"] == EVENTS + report["duplicates_injected"]
     # Every run beyond the first of an event took over an expired lease, and every invocation
     # cut short mid-work was followed by one such run.
