@@ -47,6 +47,10 @@ def test_every_answer_matches_the_document(
         database=None,
     )
     def answers_match(case: schemathesis.Case) -> None:
+        if mode is schemathesis.GenerationMode.POSITIVE and case.query:
+            # A cursor is valid only as a page of the listing gave it: a made-up one is rightly
+            # refused with a 400, which the negative mode's checks cover.
+            case.query.pop("cursor", None)
         response = case.call(base_url=gateway.url)
         case.validate_response(response)
         assert response.status_code < 500, response.text

@@ -61,12 +61,15 @@ class ClaimBody(_Body):
     fingerprint: str | None = Field(default=None, max_length=128)
     lease_ms: LeaseMs = 60_000
     ttl_s: TtlS = 86_400
-    wait_ms: int = Field(
-        default=0,
-        ge=0,
-        le=MAX_WAIT_MS,
-        description="While another caller holds the key, wait up to this long for its outcome.",
-    )
+    wait_ms: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=MAX_WAIT_MS,
+            description="While another caller holds the key, wait up to this long for its outcome.",
+        ),
+        Whole,
+    ] = 0
 
 
 # An empty claim body means every default; the default here also documents the body as optional.
