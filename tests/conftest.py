@@ -106,7 +106,16 @@ class MotoServer:
         self._process = subprocess.Popen(
             [*command, "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        _wait_for_port(self.port, self._process, time.monotonic() + 60)
+        try:
+            _wait_for_port(self.port, self._process, time.monotonic() + 60)
+            self._require_signatures()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _require_signatures(self) -> None:
+        """Make an administrator while anyone may call, then turn signature checks on."""
         iam = self.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup")
         self.admin_arn = iam.create_user(UserName="idemgate-test-admin")["User"]["Arn"]
         iam.put_user_policy(
@@ -119,7 +128,7 @@ class MotoServer:
             "aws_access_key_id": key["AccessKeyId"],
             "aws_secret_access_key": key["SecretAccessKey"],
         }
-        with urllib.request.urlopen(  # from now on every request must be signed
+        with urllib.request.urlopen(
             urllib.request.Request(
                 f"{self.endpoint_url}/moto-api/reset-auth",
                 data=b"0",
@@ -128,7 +137,6 @@ class MotoServer:
             timeout=10,
         ) as answer:
             assert answer.status == 200
-        return self
 
     def client(self, service: str, **credentials: str) -> Any:
         """A boto3 client of this server, with the administrator's credentials by default."""
