@@ -221,9 +221,15 @@ def test_a_proof_of_the_wrong_shape_is_401_before_sts_is_asked(
     _assert_problem(_claim(iam_gateway, altered), 401, "UNAUTHENTICATED")
 
 
-@pytest.mark.parametrize("garbage", ["AWS4-IAM", "AWS4-IAM !!!", "AWS4-IAM " + "A" * 20_000])
+@pytest.mark.parametrize("garbage", ["AWS4-IAM", "AWS4-IAM !!!", "AWS4-IAM " + "A" * 12_000])
 def test_a_proof_that_is_not_base64_json_is_401(iam_gateway: GatewayServer, garbage: str) -> None:
     _assert_problem(_claim(iam_gateway, garbage), 401, "UNAUTHENTICATED")
+
+
+def test_a_proof_past_the_header_limit_is_refused_before_it_is_read(
+    iam_gateway: GatewayServer,
+) -> None:
+    _assert_problem(_claim(iam_gateway, "AWS4-IAM " + "A" * 20_000), 431, "HEADERS_TOO_LARGE")
 
 
 def test_a_proof_for_another_server_id_is_401(
