@@ -21,10 +21,13 @@ from types import TracebackType
 from typing import Self
 
 import httpx
+import orjson
 
 from idemgate._settings import Settings
 from idemgate._storage import Record, open_storage
 from idemgate.testing import LOOPBACK, DelayingProxy, DynamoDBLocal, GatewayServer
+from lambda_adapter import GatewayPersistenceLayer, idempotent
+from lambda_adapter.testing import FakeLambdaContext
 
 _TARGET = re.compile(rb"x-amz-target:\s*DynamoDB_\d+\.(\w+)", re.IGNORECASE)
 
@@ -208,3 +211,61 @@ def test_a_claim_answered_503_then_applied_is_found_again_by_its_own_token(
         )
         assert stranded.status_code == 409, stranded.text
         assert stranded.json()["code"] == "IN_PROGRESS"
+
+
+class LandingAfter503(httpx.HTTPTransport):
+    """The adapter's transport, which lets the held storage write land before it hands the
+    adapter a claim's 503: the moment the adapter retries, its first try's write is stored."""
+
+    def __init__(self, proxy: DelayingProxy, storage_url: str, namespace: str) -> None:
+        super().__init__()
+        self.proxy, self.storage_url, self.namespace = proxy, storage_url, namespace
+        self.claims: list[tuple[int, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        key, action = request.url.path.split("/")[-2:]
+        if action == "claim":
+            self.claims.append(
+                (response.status_code, orjson.loads(request.content).get("lease_token"))
+            )
+            if response.status_code == 503:
+                self.proxy.release()
+                deadline = time.monotonic() + 30
+                while stored(self.storage_url, self.namespace, key) is None:
+                    assert time.monotonic() < deadline, "the held write never landed"
+                    time.sleep(0.05)
+        return response
+
+
+def test_the_adapter_retrying_a_claim_answered_503_then_applied_runs_the_work_once(
+    dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
+) -> None:
+    env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "300", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "2"}
+    with (
+        DelayingProxy(dynamodb_local.port) as proxy,
+        GatewayServer(
+            storage=dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url),
+            env=env,
+        ) as gateway,
+    ):
+        transport = LandingAfter503(proxy, dynamodb_storage_url, namespace)
+        store = GatewayPersistenceLayer(
+            url=gateway.url, namespace=namespace, transport=transport, max_call_ms=10_000
+        )
+        runs: list[object] = []
+
+        @idempotent(persistence_store=store)
+        def charge(event: dict[str, object], context: object) -> dict[str, object]:
+            runs.append(event)
+            return {"charged": event["order"]}
+
+        proxy.hold()
+        assert charge({"order": 7}, FakeLambdaContext()) == {"charged": 7}
+        # One claim, two tries with one token: the 503 whose write landed, then its own 201.
+        assert [status for status, _ in transport.claims] == [503, 201]
+        assert len({token for _, token in transport.claims}) == 1
+        assert runs == [{"order": 7}]
+        # The work's result is stored: a duplicate delivery replays it.
+        assert charge({"order": 7}, FakeLambdaContext()) == {"charged": 7}
+        assert len(runs) == 1
