@@ -11,7 +11,7 @@
 // where the handler name is Lambda's handler setting (`_HANDLER`, e.g. `index.handler`), just as
 // the Python adapter uses `{module}.{qualname}`.
 
-import { createHash, createHmac } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
 
 /**
  * AWS Signature Version 4 for the SQS calls of `processSqsBatch`: the headers to send, with
@@ -185,6 +185,8 @@ export class Budget {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A claim's own lease token: 144 random bits, base64url, as the gateway's own tokens. */
+export const newLeaseToken = () => randomBytes(18).toString("base64url");
 // Full jitter: uniform over [0, min(cap, base * 2**attempt)].
 const backoff = (attempt) =>
   Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
@@ -217,9 +219,23 @@ export class IdemgateClient {
   /**
    * Own the key: `{outcome: "claimed", leaseToken}`, or get the result of the work done before:
    * `{outcome: "completed", result}`.
+   *
+   * Every try of one claim sends the same `leaseToken` (default: a new random one), so a try
+   * answered 503 or timed out whose write landed anyway is found again as this claim's own.
+   * Pass the same `leaseToken` when you retry a claim yourself.
    */
-  async claim(key, { fingerprint = null, leaseMs, ttlS, budget = new Budget(), requestId } = {}) {
-    const body = { fingerprint, lease_ms: leaseMs, ttl_s: ttlS };
+  async claim(
+    key,
+    {
+      fingerprint = null,
+      leaseMs,
+      ttlS,
+      budget = new Budget(),
+      requestId,
+      leaseToken = newLeaseToken(),
+    } = {},
+  ) {
+    const body = { fingerprint, lease_ms: leaseMs, ttl_s: ttlS, lease_token: leaseToken };
     const answer = await this.#post(key, "claim", body, budget, requestId);
     if (answer.status === 201) return { outcome: "claimed", leaseToken: answer.body.lease_token };
     if (answer.status === 200) return { outcome: "completed", result: answer.body.result };

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,31 @@ def test_transient_failures_are_retried_then_succeed(monkeypatch: pytest.MonkeyP
     assert len(runs) == 1
     # Full jitter: each pause is drawn from [0, min(1 s, 50 ms * 2**n)].
     assert all(0 <= pause <= limit for pause, limit in zip(sleeps, [0.05, 0.1, 0.05], strict=True))
+
+
+def test_every_try_of_a_claim_sends_one_token_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    unavailable = problem(503, "STORAGE_UNAVAILABLE", **{"Retry-After": "1"})
+    busy = problem(409, "IN_PROGRESS", **{"Retry-After": "1"})
+    gateway = Gateway(
+        claim=[unavailable, httpx.Response(504), busy, CLAIMED, CLAIMED],
+        complete=[COMPLETED, COMPLETED],
+    )
+    handler, runs = handler_on(gateway, config=IdempotencyConfig(wait_for_in_progress=True))
+
+    assert handler({"id": 1}, FakeLambdaContext()) == "ok"
+    assert handler({"id": 2}, FakeLambdaContext()) == "ok"
+
+    assert gateway.actions() == ["claim"] * 4 + ["complete", "claim", "complete"]
+    tokens = [gateway.body(index)["lease_token"] for index in (0, 1, 2, 3, 5)]
+    # The tries after a 503, a 504 and an IN_PROGRESS all resend the first token; the next
+    # invocation makes its own.
+    assert len(set(tokens[:4])) == 1
+    assert tokens[4] != tokens[0]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22,128}", token) for token in tokens)
+    # Work and complete go by the token the gateway answered.
+    assert gateway.body(4) == {"lease_token": "t-1", "result": "ok"}
+    assert len(runs) == 2
 
 
 def test_a_refused_request_is_not_retried() -> None:

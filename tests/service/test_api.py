@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import httpx
@@ -56,6 +57,65 @@ def test_retry_after_is_at_least_one_second(client: httpx.Client, record_path: s
         assert response.headers["retry-after"] == "1"
     else:
         assert response.json()["attempt"] == 2
+
+
+def test_a_claim_resent_with_its_own_token_is_201_with_the_same_lease(
+    client: httpx.Client, record_path: str
+) -> None:
+    token = secrets.token_urlsafe(18)
+    first = claim(client, record_path, lease_token=token, lease_ms=30_000, fingerprint="sha256:a")
+    assert first.status_code == 201, first.text
+    assert first.json()["lease_token"] == token
+    # Its answer was lost, say: the same claim again finds its own lease, unchanged.
+    again = claim(client, record_path, lease_token=token, lease_ms=5_000, fingerprint="sha256:a")
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    # Anyone else's claim, with a token of its own or none, still finds the key held.
+    another = claim(client, record_path, lease_token=secrets.token_urlsafe(18))
+    assert_problem(another, 409, "IN_PROGRESS")
+    assert_problem(claim(client, record_path), 409, "IN_PROGRESS")
+    # The same token with another payload is not the same claim.
+    other_payload = claim(client, record_path, lease_token=token, fingerprint="sha256:b")
+    assert_problem(other_payload, 422, "FINGERPRINT_MISMATCH")
+
+
+def test_an_ended_lease_under_the_same_token_is_taken_over_afresh(
+    client: httpx.Client, record_path: str
+) -> None:
+    token = secrets.token_urlsafe(18)
+    assert claim(client, record_path, lease_token=token, lease_ms=30_000).status_code == 201
+    ended = client.post(f"{record_path}/expire").json()["lease_expires_at"]
+    again = claim(client, record_path, lease_token=token, lease_ms=30_000)
+    assert again.status_code == 201, again.text
+    assert (again.json()["lease_token"], again.json()["attempt"]) == (token, 2)
+    assert again.json()["lease_expires_at"] > ended
+
+
+def test_a_completed_record_replays_to_its_own_token_never_claimed(
+    client: httpx.Client, record_path: str
+) -> None:
+    token = secrets.token_urlsafe(18)
+    assert claim(client, record_path, lease_token=token).status_code == 201
+    done = client.post(f"{record_path}/complete", json={"lease_token": token, "result": [7]})
+    assert done.status_code == 200
+    replay = claim(client, record_path, lease_token=token)
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["result"] == [7]
+    assert token not in replay.text
+
+
+@pytest.mark.parametrize(
+    "lease_token",
+    ["a" * 21, "a" * 129, "a" * 21 + "+", "a" * 21 + "=", "a" * 22 + "\n", "", 12345, ["a" * 24]],
+)
+def test_a_bad_proposed_token_is_400_and_claims_nothing(
+    client: httpx.Client, record_path: str, lease_token: object
+) -> None:
+    response = claim(client, record_path, lease_token=lease_token)
+    body = assert_problem(response, 400, "INVALID_REQUEST")
+    assert body["errors"][0]["location"] == "body.lease_token"
+    assert_problem(client.get(record_path), 404, "NOT_FOUND")
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""A DynamoDB write whose answer is lost, then retried by the gateway, through a real proxy.
+"""DynamoDB writes whose answers are lost, through real proxies between gateway and storage.
 
-The proxy sits on loopback between the gateway and DynamoDB Local. It forwards every request,
-but swallows the answer to the next ``PutItem`` when told to: the write is applied, the gateway
-times out waiting and retries it, and the retry meets the gateway's own item.
+The first proxy forwards every request but swallows the answer to the next ``PutItem`` when
+told to: the write is applied, the gateway times out waiting and retries it, and the retry
+meets the gateway's own item. The second (``idemgate.testing.DelayingProxy``) holds requests
+until the whole claim has answered 503, then lets them land: only a client that resends its own
+lease token finds that claim again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 import socket
 import threading
 import time
@@ -18,10 +21,13 @@ from types import TracebackType
 from typing import Self
 
 import httpx
+import orjson
 
 from idemgate._settings import Settings
 from idemgate._storage import Record, open_storage
-from idemgate.testing import LOOPBACK, DynamoDBLocal, GatewayServer
+from idemgate.testing import LOOPBACK, DelayingProxy, DynamoDBLocal, GatewayServer
+from lambda_adapter import GatewayPersistenceLayer, idempotent
+from lambda_adapter.testing import FakeLambdaContext
 
 _TARGET = re.compile(rb"x-amz-target:\s*DynamoDB_\d+\.(\w+)", re.IGNORECASE)
 
@@ -156,3 +162,110 @@ def test_claims_whose_put_answer_was_lost_are_201_with_the_stored_token(
             record = stored(dynamodb_storage_url, namespace, "taken")
             assert record is not None
             assert record.lease_token == taken.json()["lease_token"]
+
+
+def test_a_claim_answered_503_then_applied_is_found_again_by_its_own_token(
+    dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
+) -> None:
+    env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "300", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "2"}
+    with (
+        DelayingProxy(dynamodb_local.port) as proxy,
+        GatewayServer(
+            storage=dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url),
+            env=env,
+        ) as gateway,
+        httpx.Client(base_url=gateway.url, timeout=30) as client,
+    ):
+        own, other = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+        proxy.hold()
+        # Storage stalls past the timeout: both claims answer 503, their writes wait unsent.
+        for key, token in (("resent", own), ("fresh", other)):
+            paused = client.post(
+                f"/v1/records/{namespace}/{key}/claim", json={"lease_token": token}
+            )
+            assert paused.status_code == 503, paused.text
+            assert paused.json()["code"] == "STORAGE_UNAVAILABLE"
+        proxy.release()
+        deadline = time.monotonic() + 30
+        while (resent := stored(dynamodb_storage_url, namespace, "resent")) is None or stored(
+            dynamodb_storage_url, namespace, "fresh"
+        ) is None:
+            assert time.monotonic() < deadline, "the held writes never landed"
+            time.sleep(0.05)
+        # The writes landed after all: each key is held by the token its 503 claim sent.
+        assert resent.lease_token == own
+
+        # The client's retry resends its token: the claim is its own, run the work.
+        retried = client.post(f"/v1/records/{namespace}/resent/claim", json={"lease_token": own})
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["lease_token"] == own
+        assert retried.json()["lease_expires_at"] == resent.lease_expires_at
+        done = client.post(
+            f"/v1/records/{namespace}/resent/complete", json={"lease_token": own, "result": 1}
+        )
+        assert done.status_code == 200, done.text
+
+        # A retry with a new token (what every client did before) finds a holder nobody knows.
+        stranded = client.post(
+            f"/v1/records/{namespace}/fresh/claim", json={"lease_token": secrets.token_urlsafe(18)}
+        )
+        assert stranded.status_code == 409, stranded.text
+        assert stranded.json()["code"] == "IN_PROGRESS"
+
+
+class LandingAfter503(httpx.HTTPTransport):
+    """The adapter's transport, which lets the held storage write land before it hands the
+    adapter a claim's 503: the moment the adapter retries, its first try's write is stored."""
+
+    def __init__(self, proxy: DelayingProxy, storage_url: str, namespace: str) -> None:
+        super().__init__()
+        self.proxy, self.storage_url, self.namespace = proxy, storage_url, namespace
+        self.claims: list[tuple[int, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        key, action = request.url.path.split("/")[-2:]
+        if action == "claim":
+            self.claims.append(
+                (response.status_code, orjson.loads(request.content).get("lease_token"))
+            )
+            if response.status_code == 503:
+                self.proxy.release()
+                deadline = time.monotonic() + 30
+                while stored(self.storage_url, self.namespace, key) is None:
+                    assert time.monotonic() < deadline, "the held write never landed"
+                    time.sleep(0.05)
+        return response
+
+
+def test_the_adapter_retrying_a_claim_answered_503_then_applied_runs_the_work_once(
+    dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
+) -> None:
+    env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "300", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "2"}
+    with (
+        DelayingProxy(dynamodb_local.port) as proxy,
+        GatewayServer(
+            storage=dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url),
+            env=env,
+        ) as gateway,
+    ):
+        transport = LandingAfter503(proxy, dynamodb_storage_url, namespace)
+        store = GatewayPersistenceLayer(
+            url=gateway.url, namespace=namespace, transport=transport, max_call_ms=10_000
+        )
+        runs: list[object] = []
+
+        @idempotent(persistence_store=store)
+        def charge(event: dict[str, object], context: object) -> dict[str, object]:
+            runs.append(event)
+            return {"charged": event["order"]}
+
+        proxy.hold()
+        assert charge({"order": 7}, FakeLambdaContext()) == {"charged": 7}
+        # One claim, two tries with one token: the 503 whose write landed, then its own 201.
+        assert [status for status, _ in transport.claims] == [503, 201]
+        assert len({token for _, token in transport.claims}) == 1
+        assert runs == [{"order": 7}]
+        # The work's result is stored: a duplicate delivery replays it.
+        assert charge({"order": 7}, FakeLambdaContext()) == {"charged": 7}
+        assert len(runs) == 1

@@ -29,7 +29,14 @@ from ._exceptions import (
 )
 from ._http_events import is_http_event, problem_response
 from ._incidents import Metric, emit_metric, log_incident
-from ._persistence import Claimed, GatewayPersistenceLayer, Invocation, Replayed, backoff
+from ._persistence import (
+    Claimed,
+    GatewayPersistenceLayer,
+    Invocation,
+    Replayed,
+    backoff,
+    new_lease_token,
+)
 from ._serialization import (
     BaseIdempotencyModelSerializer,
     BaseIdempotencySerializer,
@@ -397,6 +404,9 @@ class _Guard:
         wait_until = time.monotonic() + config.wait_for_result_ms / 1000 if waits else 0.0
         wait_ms = 0
         poll = 0
+        # One token for every try of this invocation's claim: a try answered 503 whose write
+        # landed afterwards is then this claim's own, not a holder nobody knows of.
+        lease_token = new_lease_token()
         while True:
             if waits:
                 wait_ms = max(0, int((wait_until - time.monotonic()) * 1000))
@@ -408,6 +418,7 @@ class _Guard:
                     ttl_s=config.expires_after_seconds,
                     invocation=invocation,
                     wait_ms=wait_ms,
+                    lease_token=lease_token,
                 )
             except IdempotencyAlreadyInProgressError:
                 if durable_replay:

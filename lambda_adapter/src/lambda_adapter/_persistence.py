@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "Invocation",
     "Replayed",
     "backoff",
+    "new_lease_token",
 ]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -50,6 +52,11 @@ _DEFAULT_MAX_RESULT_BYTES = 262_144  # the gateway's default limit
 def backoff(attempt: int) -> float:
     """Full jitter: uniform over [0, min(cap, base * 2**attempt)] seconds."""
     return random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+
+
+def new_lease_token() -> str:
+    """A claim's own lease token: 144 random bits, base64url, as the gateway's own tokens."""
+    return secrets.token_urlsafe(18)
 
 
 class Invocation:
@@ -203,12 +210,20 @@ class GatewayPersistenceLayer:
         ttl_s: int,
         invocation: Invocation,
         wait_ms: int = 0,
+        lease_token: str | None = None,
     ) -> Claimed | Replayed:
         """Claim ``key``; with ``wait_ms``, the gateway waits that long for a holder to finish.
 
         The wait is cut so that one more call (``max_call_ms``) still fits in the budget after it.
+        ``lease_token`` (default: a new one) is sent with every try of this claim, so a try
+        whose answer was lost (a 503, a timeout) but whose write landed is found again as ours.
         """
-        body: dict[str, Any] = {"fingerprint": fingerprint, "lease_ms": lease_ms, "ttl_s": ttl_s}
+        body: dict[str, Any] = {
+            "fingerprint": fingerprint,
+            "lease_ms": lease_ms,
+            "ttl_s": ttl_s,
+            "lease_token": new_lease_token() if lease_token is None else lease_token,
+        }
         if wait_ms:
             left_ms = invocation.time_left() * 1000 - self.max_call_ms
             wait_ms = int(min(wait_ms, _MAX_WAIT_MS, left_ms))

@@ -100,9 +100,23 @@ class RecordService:
         self._clock = clock
 
     async def claim(
-        self, namespace: str, key: str, *, fingerprint: str | None, lease_ms: int, ttl_s: int
+        self,
+        namespace: str,
+        key: str,
+        *,
+        fingerprint: str | None,
+        lease_ms: int,
+        ttl_s: int,
+        lease_token: str | None = None,
     ) -> Claim:
         """Claim the key, or answer with its completed record.
+
+        ``lease_token`` is the token the caller made for this claim and resends on its retries
+        (None: the gateway makes one). A record in progress under the same token, its lease
+        not yet over, is this claim's own earlier write, applied by a call whose answer was lost
+        (a retried storage call, or a whole claim answered 503 and applied afterwards): it is
+        answered claimed, with its lease. A completed record replays whatever its token, and an
+        ended lease under the same token is taken over as any other.
 
         Raises ``FingerprintMismatchError`` or ``InProgressError``.
         """
@@ -114,7 +128,7 @@ class RecordService:
             status=Status.IN_PROGRESS,
             fingerprint=fingerprint,
             attempt=1,
-            lease_token=secrets.token_urlsafe(18),
+            lease_token=secrets.token_urlsafe(18) if lease_token is None else lease_token,
             lease_expires_at=lease_expires_at,
             ttl_s=ttl_s,
             expires_at_s=ceil_seconds(lease_expires_at) + ttl_s,
@@ -125,14 +139,13 @@ class RecordService:
             stored = await self.storage.create(fresh, now_s=now_s)
             if stored is None:
                 return Claim(claimed=True, record=fresh)
-            if stored.lease_token == fresh.lease_token:
-                # Our own write, applied by a call whose answer was lost and then retried.
-                return Claim(claimed=True, record=stored)
             if _fingerprints_conflict(stored.fingerprint, fingerprint):
                 raise FingerprintMismatchError
             if stored.status is Status.COMPLETED:
                 return Claim(claimed=False, record=stored)
             if stored.lease_expires_at > now:
+                if stored.lease_token == fresh.lease_token:
+                    return Claim(claimed=True, record=stored)
                 raise InProgressError(lease_expires_at=stored.lease_expires_at, now=now)
             if take_overs == _TAKE_OVERS:
                 raise InProgressError(lease_expires_at=lease_expires_at, now=now)
@@ -150,6 +163,7 @@ class RecordService:
         lease_ms: int,
         ttl_s: int,
         wait_ms: int,
+        lease_token: str | None = None,
     ) -> Claim:
         """``claim``, but while another caller holds the key, wait up to ``wait_ms`` for it.
 
@@ -160,7 +174,12 @@ class RecordService:
         while True:
             try:
                 return await self.claim(
-                    namespace, key, fingerprint=fingerprint, lease_ms=lease_ms, ttl_s=ttl_s
+                    namespace,
+                    key,
+                    fingerprint=fingerprint,
+                    lease_ms=lease_ms,
+                    ttl_s=ttl_s,
+                    lease_token=lease_token,
                 )
             except InProgressError as busy:
                 holder_until = busy.lease_expires_at

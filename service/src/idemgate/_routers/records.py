@@ -34,6 +34,8 @@ Namespace = Annotated[
 ]
 Key = Annotated[str, Path(pattern=KEY_PATTERN, description="The idempotency key.")]
 LeaseToken = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+# At least 22 base64url characters: 128 bits of randomness, as the gateway's own tokens carry.
+PROPOSED_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{22,128}$"
 
 
 def _whole_number(value: Any) -> Any:
@@ -59,6 +61,15 @@ class _Body(BaseModel):
 
 class ClaimBody(_Body):
     fingerprint: str | None = Field(default=None, max_length=128)
+    lease_token: str | None = Field(
+        default=None,
+        pattern=PROPOSED_TOKEN_PATTERN,
+        description=(
+            "A random token the caller made, resent unchanged on its retries of this claim: a "
+            "retry that finds the key in progress under it is answered 201 with that lease, "
+            "even when the first try's answer was lost. Omitted, the gateway makes one."
+        ),
+    )
     lease_ms: LeaseMs = 60_000
     ttl_s: TtlS = 86_400
     wait_ms: Annotated[
@@ -204,7 +215,7 @@ class RecordRoute(APIRoute):
 
 class Claimed(BaseModel):
     outcome: Literal["claimed"]
-    lease_token: str
+    lease_token: str = Field(description="The claim's `lease_token` if it sent one.")
     attempt: int
     lease_expires_at: int
 
@@ -305,10 +316,16 @@ async def claim(
             lease_ms=body.lease_ms,
             ttl_s=body.ttl_s,
             wait_ms=body.wait_ms,
+            lease_token=body.lease_token,
         )
     else:
         answer = await records.claim(
-            namespace, key, fingerprint=body.fingerprint, lease_ms=body.lease_ms, ttl_s=body.ttl_s
+            namespace,
+            key,
+            fingerprint=body.fingerprint,
+            lease_ms=body.lease_ms,
+            ttl_s=body.ttl_s,
+            lease_token=body.lease_token,
         )
     record = answer.record
     if answer.claimed:
