@@ -69,28 +69,30 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float)
 
 
 def _children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(child) for child in listed.split()]
-    return []
+    """The processes ``pid`` started, from whichever of its threads started them."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children.extend(int(child) for child in (task / "children").read_text().split())
+    return children
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process and its children (a gateway's worker processes), as a crash would."""
-    for pid in [process.pid, *_children(process.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """SIGKILL the process and every process of its group (a gateway's workers), as a crash
+    would; a worker outliving its server would hold its port and spin."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
     process.wait()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL for what is left after a while or left behind (see ``_kill``)."""
     if process.poll() is None:
         process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    _kill(process)
 
 
 class DynamoDBLocal:
@@ -258,7 +260,10 @@ class GatewayServer:
             str(self.workers),
             *self.extra_args,
         ]
-        self._process = subprocess.Popen(command, env=self.env, stderr=self.stderr)
+        # A group of its own, so that stopping it stops its worker processes too.
+        self._process = subprocess.Popen(
+            command, env=self.env, stderr=self.stderr, start_new_session=True
+        )
         try:
             self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
         except BaseException:
