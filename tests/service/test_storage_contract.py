@@ -43,6 +43,22 @@ def in_progress(**changes: object) -> Record:
     return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
+async def complete_now(
+    storage: Storage, record: Record, *, result: str, ttl_s: int | None = None
+) -> Record | None:
+    """``storage.complete`` of ``record`` by its own holder, at ``NOW_S``."""
+    return await storage.complete(
+        record.namespace,
+        record.key,
+        record.lease_token,
+        result=result,
+        completed_at=NOW_S * 1000,
+        expires_base_s=NOW_S,
+        ttl_s=ttl_s,
+        now_s=NOW_S,
+    )
+
+
 async def test_create_writes_when_absent_and_get_reads_it_back(storage: Storage) -> None:
     record = in_progress()
     assert await storage.create(record, now_s=NOW_S) is None
@@ -105,16 +121,7 @@ async def test_take_over_fails_on_a_completed_record_with_the_same_lease(
 ) -> None:
     first = in_progress()
     await storage.create(first, now_s=NOW_S)
-    done = await storage.complete(
-        first.namespace,
-        first.key,
-        "token-1",
-        result="1",
-        completed_at=NOW_S * 1000,
-        expires_base_s=NOW_S,
-        ttl_s=None,
-        now_s=NOW_S,
-    )
+    done = await complete_now(storage, first, result="1")
     assert done is not None
     successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
     assert not await storage.take_over(successor, previous=first)
@@ -153,16 +160,7 @@ async def test_complete_stores_the_result_once_for_the_holder(storage: Storage) 
 async def test_complete_with_ttl_sets_it(storage: Storage) -> None:
     record = in_progress()
     await storage.create(record, now_s=NOW_S)
-    done = await storage.complete(
-        record.namespace,
-        record.key,
-        "token-1",
-        result="null",
-        completed_at=NOW_S * 1000,
-        expires_base_s=NOW_S,
-        ttl_s=10,
-        now_s=NOW_S,
-    )
+    done = await complete_now(storage, record, result="null", ttl_s=10)
     assert done is not None
     assert (done.ttl_s, done.expires_at_s, done.result) == (10, NOW_S + 10, "null")
 
@@ -170,16 +168,7 @@ async def test_complete_with_ttl_sets_it(storage: Storage) -> None:
 async def test_complete_refuses_an_expired_record(storage: Storage) -> None:
     record = in_progress(expires_at_s=NOW_S)
     await storage.create(record, now_s=NOW_S - 10)
-    done = await storage.complete(
-        record.namespace,
-        record.key,
-        "token-1",
-        result="1",
-        completed_at=NOW_S * 1000,
-        expires_base_s=NOW_S,
-        ttl_s=None,
-        now_s=NOW_S,
-    )
+    done = await complete_now(storage, record, result="1")
     assert done is None
 
 
@@ -318,16 +307,7 @@ async def test_end_lease_moves_an_in_progress_lease_end_earlier_only(storage: St
 async def test_end_lease_leaves_a_completed_record_and_knows_absence(storage: Storage) -> None:
     record = in_progress()
     await storage.create(record, now_s=NOW_S)
-    done = await storage.complete(
-        record.namespace,
-        record.key,
-        "token-1",
-        result='{"ok":true}',
-        completed_at=NOW_S * 1000,
-        expires_base_s=NOW_S,
-        ttl_s=None,
-        now_s=NOW_S,
-    )
+    done = await complete_now(storage, record, result='{"ok":true}')
     assert done is not None
     assert await storage.end_lease(record.namespace, record.key, lease_expires_at=0) == done
     assert await storage.get(record.namespace, record.key) == done
