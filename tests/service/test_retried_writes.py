@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
 
@@ -164,16 +165,26 @@ def test_claims_whose_put_answer_was_lost_are_201_with_the_stored_token(
             assert record.lease_token == taken.json()["lease_token"]
 
 
-def test_a_claim_answered_503_then_applied_is_found_again_by_its_own_token(
-    dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
-) -> None:
+@contextlib.contextmanager
+def _behind_a_proxy(
+    dynamodb_local: DynamoDBLocal, storage_url: str
+) -> Iterator[tuple[DelayingProxy, GatewayServer]]:
+    """A gateway whose DynamoDB calls pass a proxy the test can hold, with a short timeout."""
     env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "300", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "2"}
     with (
         DelayingProxy(dynamodb_local.port) as proxy,
         GatewayServer(
-            storage=dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url),
-            env=env,
+            storage=storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url), env=env
         ) as gateway,
+    ):
+        yield proxy, gateway
+
+
+def test_a_claim_answered_503_then_applied_is_found_again_by_its_own_token(
+    dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
+) -> None:
+    with (
+        _behind_a_proxy(dynamodb_local, dynamodb_storage_url) as (proxy, gateway),
         httpx.Client(base_url=gateway.url, timeout=30) as client,
     ):
         own, other = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
@@ -241,14 +252,7 @@ class LandingAfter503(httpx.HTTPTransport):
 def test_the_adapter_retrying_a_claim_answered_503_then_applied_runs_the_work_once(
     dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
 ) -> None:
-    env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "300", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "2"}
-    with (
-        DelayingProxy(dynamodb_local.port) as proxy,
-        GatewayServer(
-            storage=dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url),
-            env=env,
-        ) as gateway,
-    ):
+    with _behind_a_proxy(dynamodb_local, dynamodb_storage_url) as (proxy, gateway):
         transport = LandingAfter503(proxy, dynamodb_storage_url, namespace)
         store = GatewayPersistenceLayer(
             url=gateway.url, namespace=namespace, transport=transport, max_call_ms=10_000
