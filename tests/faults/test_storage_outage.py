@@ -65,7 +65,7 @@ def test_slow_storage_answers_within_its_timeout_or_503_and_recovers(
     with DelayingProxy(dynamodb_local.port) as proxy:
         storage = dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url)
         with GatewayServer(storage=storage, env=FAULT_ENV) as gateway:
-            # Slower than usual but within the timeout: whole bursts of claims still succeed.
+            # Slower than usual but within the timeout: claims are still served.
             proxy.delay_s = STORAGE_TIMEOUT_MS / 1000 / 8
             wait_until_serving(gateway.url, BURST)
             # Slower than the timeout: a prompt 503, never a hang.
