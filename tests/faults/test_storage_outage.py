@@ -17,6 +17,7 @@ from idemgate.testing import DelayingProxy, DynamoDBLocal, GatewayServer
 
 from .conftest import (
     FAULT_ENV,
+    RECOVERY_TIMEOUT_S,
     STORAGE_TIMEOUT_MS,
     assert_unavailable,
     claim_burst,
@@ -35,6 +36,8 @@ def own_dynamodb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DynamoDBL
     server.stop()
 
 
+# Three recoveries, each allowed RECOVERY_TIMEOUT_S, and a DynamoDB Local restart.
+@pytest.mark.timeout(4 * RECOVERY_TIMEOUT_S)
 def test_dynamodb_killed_then_paused_gets_503_in_bounded_time_and_recovers_by_itself(
     own_dynamodb: DynamoDBLocal,
 ) -> None:
