@@ -274,6 +274,32 @@ def test_a_durable_first_invocation_that_finishes_is_replayed(
     assert runs == [1]
 
 
+def test_an_idempotent_function_that_suspends_is_in_progress_on_the_replay(
+    store: GatewayPersistenceLayer,
+) -> None:
+    """A limit (see the docs): its calls keep random tokens, as parallel branches may share one."""
+    config = IdempotencyConfig()
+    runs: list[int] = []
+
+    @idempotent_function(data_keyword_argument="order", persistence_store=store, config=config)
+    def charge(order: dict[str, int]) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise SuspendExecution
+        return "charged"
+
+    def handler(event: Any, context: Any) -> str:
+        config.register_lambda_context(context)
+        return charge(order=event)
+
+    arn = execution_arn("order-6")
+    with pytest.raises(SuspendExecution):
+        handler({"id": 6}, durable_context(arn))
+    with pytest.raises(IdempotencyAlreadyInProgressError):
+        handler({"id": 6}, durable_context(arn))
+    assert runs == [1]
+
+
 def test_a_registered_durable_context_gives_its_lambda_context(
     store: GatewayPersistenceLayer,
 ) -> None:
