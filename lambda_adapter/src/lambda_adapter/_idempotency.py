@@ -396,6 +396,7 @@ class _Guard:
         invocation: Invocation,
         durable_execution: str | None,
     ) -> Claimed | Replayed:
+        """Claim the key (as the durable execution's, if any), waiting for it as configured."""
         config, store = self.config, self.store
         if config.on_unavailable != "fail_closed":
             # Falling back must still leave the work its time.
