@@ -233,11 +233,12 @@ def test_a_durable_replay_cannot_complete_a_key_taken_over_by_another_caller(
 
     arn = execution_arn("order-3")
     with pytest.raises(SuspendExecution):
-        handler({"id": 3}, durable_context(arn, remaining_ms=1000))  # a lease of 1 s
+        handler({"id": 3}, durable_context(arn, remaining_ms=3000))  # a lease of 3 s
     with ThreadPoolExecutor(max_workers=2) as pool:
         # The replay comes within that lease: the claim is its own, with the lease as it is.
         replay = pool.submit(handler, {"id": 3}, durable_context(arn))
         assert replay_entered.wait(timeout=20)
+        assert _record(gateway, namespace, {"id": 3})["attempt"] == 1
         taker = pool.submit(take_over)
         assert taker_entered.wait(timeout=20)
         # A later invocation of the execution is refused: the key is no longer the execution's.
