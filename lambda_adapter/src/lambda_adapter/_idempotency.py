@@ -35,6 +35,7 @@ from ._persistence import (
     Invocation,
     Replayed,
     backoff,
+    durable_lease_token,
     new_lease_token,
 )
 from ._serialization import (
@@ -102,7 +103,7 @@ def idempotent(
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
             if _disabled():
                 return handler(event, context, *args, **kwargs)
-            lambda_context, durable_replay = _lambda_context(context)
+            lambda_context, durable_execution = _lambda_context(context)
             if lambda_context is not None:
                 guard.config.register_lambda_context(lambda_context)
             data = getattr(event, "raw_event", event)
@@ -112,7 +113,7 @@ def idempotent(
                 lambda_context,
                 lambda: handler(event, context, *args, **kwargs),
                 http_event=is_http_event(data),
-                durable_replay=durable_replay,
+                durable_execution=durable_execution,
             )
 
         return wrapper
@@ -213,18 +214,19 @@ def _text(value: str | bytes) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _lambda_context(context: Any) -> tuple[LambdaContext | None, bool]:
-    """The Lambda context, and whether this invocation replays a durable execution.
+def _lambda_context(context: Any) -> tuple[LambdaContext | None, str | None]:
+    """The Lambda context, and the ARN of the durable execution the invocation belongs to.
 
     A durable function's handler gets a ``DurableContext``: its Lambda context is
-    ``lambda_context``, and its checkpoint log (``state.operations``) holds more than the
-    execution's own entry once the execution has run before.
+    ``lambda_context``, and its execution state (``state``) keeps the ``DurableExecutionArn``
+    the invocation came with, the same in every invocation of the execution.
     """
     lambda_context = getattr(context, "lambda_context", None)
     state = getattr(context, "state", None)
     if lambda_context is None or state is None:
-        return context, False
-    return lambda_context, len(getattr(state, "operations", ())) > 1
+        return context, None
+    execution_arn = getattr(state, "durable_execution_arn", None)
+    return lambda_context, execution_arn if isinstance(execution_arn, str) else None
 
 
 def _as_json(data: Any) -> Any:
@@ -267,7 +269,7 @@ class _Guard:
         call: Callable[[], Any],
         *,
         http_event: bool = False,
-        durable_replay: bool = False,
+        durable_execution: str | None = None,
     ) -> Any:
         config, store = self.config, self.store
         invocation = Invocation(
@@ -280,7 +282,7 @@ class _Guard:
         try:
             if self._cache is not None and (cached := self._cache.get(key)) is not None:
                 return self._replay_cached(key, fingerprint, cached, invocation)
-            outcome = self._claim(key, fingerprint, invocation, durable_replay)
+            outcome = self._claim(key, fingerprint, invocation, durable_execution)
             if isinstance(outcome, Replayed):
                 if self._cache is not None:
                     result_json = encode_result(outcome.result)
@@ -307,10 +309,6 @@ class _Guard:
             if http_event:
                 return problem_response(data, error)
             raise
-        if outcome is None:
-            # A durable execution's replay, held by its own earlier invocation's claim: its
-            # checkpointed steps do not run again, and the claim is not ours to complete.
-            return call()
         try:
             result = call()
         except Exception:
@@ -392,21 +390,30 @@ class _Guard:
         return hook(result, record)
 
     def _claim(
-        self, key: str, fingerprint: str | None, invocation: Invocation, durable_replay: bool
-    ) -> Claimed | Replayed | None:
-        """Claim the key: None when a durable replay finds its own execution's claim."""
+        self,
+        key: str,
+        fingerprint: str | None,
+        invocation: Invocation,
+        durable_execution: str | None,
+    ) -> Claimed | Replayed:
+        """Claim the key (as the durable execution's, if any), waiting for it as configured."""
         config, store = self.config, self.store
         if config.on_unavailable != "fail_closed":
             # Falling back must still leave the work its time.
             invocation = invocation.share(config.claim_time_share)
-        # A durable replay's holder is its own execution: there is nothing to wait for.
-        waits = bool(config.wait_for_result_ms) and not durable_replay
+        waits = bool(config.wait_for_result_ms)
         wait_until = time.monotonic() + config.wait_for_result_ms / 1000 if waits else 0.0
         wait_ms = 0
         poll = 0
         # One token for every try of this invocation's claim: a try answered 503 whose write
-        # landed afterwards is then this claim's own, not a holder nobody knows of.
-        lease_token = new_lease_token()
+        # landed afterwards is then this claim's own, not a holder nobody knows of. Every
+        # invocation of a durable execution proposes the same token, so a replay finds the claim
+        # of the invocation that suspended as its own, and can complete it.
+        lease_token = (
+            new_lease_token()
+            if durable_execution is None
+            else durable_lease_token(durable_execution, store.namespace, key)
+        )
         while True:
             if waits:
                 wait_ms = max(0, int((wait_until - time.monotonic()) * 1000))
@@ -421,8 +428,6 @@ class _Guard:
                     lease_token=lease_token,
                 )
             except IdempotencyAlreadyInProgressError:
-                if durable_replay:
-                    return None
                 emit_metric(store.metrics_namespace, invocation.function_name, Metric.IN_PROGRESS)
                 # The gateway gave up waiting before we did (its cap, or our budget): ask again
                 # while another waiting claim still fits.

@@ -5,7 +5,9 @@ DynamoDBPersistenceLayer is the same store under Powertools' name, for one-line 
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -37,6 +39,7 @@ __all__ = [
     "Invocation",
     "Replayed",
     "backoff",
+    "durable_lease_token",
     "new_lease_token",
 ]
 
@@ -57,6 +60,20 @@ def backoff(attempt: int) -> float:
 def new_lease_token() -> str:
     """A claim's own lease token: 144 random bits, base64url, as the gateway's own tokens."""
     return secrets.token_urlsafe(18)
+
+
+def durable_lease_token(execution_arn: str, namespace: str, key: str) -> str:
+    """The lease token every invocation of one durable execution proposes for ``key``.
+
+    Derived, not random, so that a replay's claim finds its own execution's earlier claim and is
+    answered 201 with that lease. SHA-256 of the execution ARN, namespace and key (base64url, 43
+    characters): another execution, or another key, proposes another token. No secret is mixed
+    in: only principals allowed on the namespace ever present a token for it (see
+    docs/lambda-adapter.md, "Lambda durable functions").
+    """
+    identity = json.dumps(["idemgate-durable-lease-v1", execution_arn, namespace, key])
+    digest = hashlib.sha256(identity.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 class Invocation:
