@@ -77,12 +77,12 @@ class _Load:
             ), (len(self.completed), self.failures)
 
 
-# SQLite only for now: on DynamoDB Local this test stalled, 1 run in 4, before the crash, with
-# no storage call answered for a minute (see the open reliability issue). A SIGKILL of DynamoDB
-# replicas under load is still covered by tests/faults/test_soak.py.
-@pytest.fixture
-def crash_storage(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'idemgate.db'}"
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def crash_storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'idemgate.db'}"
+    url: str = request.getfixturevalue("dynamodb_storage_url")
+    return url
 
 
 def test_every_complete_answered_200_survives_a_sigkill_under_load(
