@@ -67,20 +67,24 @@ class CredentialSource:
 
         Raises ``StorageUnavailableError`` when the chain finds none or fails.
         """
-        while self._current is stale:
-            if self._resolving is None:
-                self._start(force=stale is not None)
-            assert self._resolving is not None
-            try:
-                resolved = await asyncio.shield(self._resolving)
-            except Exception as exc:
-                raise StorageUnavailableError(f"no AWS credentials for DynamoDB: {exc}") from exc
-            if resolved is None:
-                raise StorageUnavailableError("no AWS credentials found for DynamoDB")
-            if resolved is stale:  # the chain answered what DynamoDB refused: nothing better
-                return resolved
-        assert self._current is not None
-        return self._current
+        current = self._current
+        if current is not stale:  # another call has replaced them already
+            assert current is not None
+            return current
+        if self._resolving is None:
+            self._start(force=stale is not None)
+        assert self._resolving is not None
+        try:
+            resolved = await asyncio.shield(self._resolving)
+        except Exception as exc:
+            raise StorageUnavailableError(f"no AWS credentials for DynamoDB: {exc}") from exc
+        if resolved is None:
+            raise StorageUnavailableError("no AWS credentials found for DynamoDB")
+        # The resolution's own result, not ``self._current``: awaiting a resolution that has
+        # finished does not yield to the loop, so ``_landed`` may not have stored it yet (a
+        # loop waiting for it to be stored would never let it run). ``resolved is stale`` when
+        # the chain answered what DynamoDB refused: there is nothing better.
+        return resolved
 
     def _refresh_ahead(self) -> None:
         self._next_check = time.monotonic() + self._check_interval_s
