@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from lambda_adapter._persistence import Claimed, GatewayPersistenceLayer, Invocation
 from lambda_adapter._transport import DeadlineTransport, call_deadline
 
 from .conftest import LoopbackServer, StallingServer
@@ -281,3 +282,32 @@ def test_a_refused_connection_is_a_connect_error(unreachable_url: str) -> None:
 def test_a_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(httpx.UnsupportedProtocol):
         DeadlineTransport().handle_request(httpx.Request("GET", "ftp://127.0.0.1/"))
+
+
+class _ThroughHttpx(DeadlineTransport):
+    """The same transport reached through ``handle_request``, as any custom transport is."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize("key", ["fn.handler:" + "ab" * 32, "a key/../with escapes", ".."])
+def test_the_store_writes_its_requests_as_httpx_would(key: str) -> None:
+    """The default transport gets each call encoded by the store: byte for byte httpx's request."""
+    body = b'{"lease_token":"t"}'
+    answer = b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with ScriptedServer(answer, answer) as server:
+        for transport in (None, _ThroughHttpx()):
+            store = GatewayPersistenceLayer(
+                url=server.url, namespace="n", token="secret", transport=transport
+            )
+            invocation = Invocation(None, reserve_ms=0, default_lease_ms=1000)
+            claimed = store.claim(
+                key, fingerprint=None, lease_ms=1000, ttl_s=60, invocation=invocation,
+                lease_token="own",
+            )  # fmt: skip
+            assert claimed == Claimed("t")
+        sent = server.requests
+    direct, through_httpx = sent
+    assert direct == through_httpx
+    assert direct.startswith(b"POST /v1/records/")

@@ -28,7 +28,7 @@ SECTIONS = [
     "## Versions",
     "## How to re-run",
 ]
-TARGET_COUNT = 15
+TARGET_COUNT = 18
 
 
 def _targets(report: str) -> list[list[str]]:

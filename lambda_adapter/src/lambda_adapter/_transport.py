@@ -24,7 +24,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
@@ -107,13 +107,46 @@ class DeadlineTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(f"not an http:// or https:// URL: {url}")
         origin = (scheme, host, url.port or _DEFAULT_PORTS[scheme])
         message, keep_alive = _encode(request)
+        head, body = self.exchange(
+            origin,
+            message,
+            keep_alive=keep_alive,
+            timeouts=request.extensions.get("timeout", {}),
+            head_request=request.method == "HEAD",
+        )
+        # A stream, not content=: httpx would add a Content-Length the server did not send.
+        return httpx.Response(
+            head.status,
+            headers=head.fields,
+            stream=httpx.ByteStream(body),
+            request=request,
+            extensions={"http_version": head.version, "reason_phrase": head.reason},
+        )
+
+    def exchange(
+        self,
+        origin: _Origin,
+        message: bytes,
+        *,
+        keep_alive: bool,
+        timeouts: Mapping[str, float | None],
+        head_request: bool = False,
+    ) -> tuple[_ResponseHead, bytes]:
+        """An encoded request sent to ``origin`` (scheme, host, port): the answer's head and body.
+
+        ``handle_request`` without httpx's objects, for callers that encode their own requests.
+        """
         pooled = self._take_idle(origin)
         if pooled is not None:
             try:
-                return self._exchange(origin, pooled, request, message, keep_alive)
+                return self._exchange(
+                    origin, pooled, message, keep_alive, timeouts, head_request=head_request
+                )
             except _Unanswered:
                 pass  # the server closed the idle connection unread: sending again is safe
-        return self._exchange(origin, None, request, message, keep_alive)
+        return self._exchange(
+            origin, None, message, keep_alive, timeouts, head_request=head_request
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -126,15 +159,16 @@ class DeadlineTransport(httpx.BaseTransport):
         self,
         origin: _Origin,
         sock: socket.socket | None,
-        request: httpx.Request,
         message: bytes,
         keep_alive: bool,
-    ) -> httpx.Response:
+        timeouts: Mapping[str, float | None],
+        *,
+        head_request: bool,
+    ) -> tuple[_ResponseHead, bytes]:
         """One request and its response, on ``sock`` or (if None) a new connection.
 
         Raises ``_Unanswered`` only for a pooled ``sock``, and only when no byte came back.
         """
-        timeouts = request.extensions.get("timeout", {})
         pooled = sock is not None
         reader: _Reader | None = None
         phase = _CONNECT
@@ -146,7 +180,7 @@ class DeadlineTransport(httpx.BaseTransport):
             sock.sendall(message)
             phase = _READ
             reader = _Reader(sock, timeouts.get("read"))
-            response, reusable = _read_response(reader, request)
+            head, body, reusable = _read_response(reader, head_request=head_request)
         except BaseException as exc:
             if sock is not None:
                 sock.close()
@@ -168,7 +202,7 @@ class DeadlineTransport(httpx.BaseTransport):
             self._put_idle(origin, sock)
         else:
             sock.close()
-        return response
+        return head, body
 
     def _connect(self, origin: _Origin, timeout: float | None) -> socket.socket:
         scheme, raw_host, port = origin
@@ -375,13 +409,13 @@ class _ResponseHead:
         )
 
 
-def _read_response(reader: _Reader, request: httpx.Request) -> tuple[httpx.Response, bool]:
+def _read_response(reader: _Reader, *, head_request: bool) -> tuple[_ResponseHead, bytes, bool]:
     """The final response (interim 1xx ones skipped), and whether its connection can be reused."""
     head = _ResponseHead(reader.until(b"\r\n\r\n"))
     while head.status < 200:
         head = _ResponseHead(reader.until(b"\r\n\r\n"))
     keep_alive = head.keep_alive
-    if request.method == "HEAD" or head.status in _NO_BODY_STATUSES:
+    if head_request or head.status in _NO_BODY_STATUSES:
         body = b""
     elif head.chunked:
         if head.content_length is not None:
@@ -393,13 +427,5 @@ def _read_response(reader: _Reader, request: httpx.Request) -> tuple[httpx.Respo
     else:
         body = reader.to_close()
         keep_alive = False
-    # A stream, not content=: httpx would add a Content-Length the server did not send.
-    response = httpx.Response(
-        head.status,
-        headers=head.fields,
-        stream=httpx.ByteStream(body),
-        request=request,
-        extensions={"http_version": head.version, "reason_phrase": head.reason},
-    )
     # Bytes after the response were never asked for: the connection is out of step.
-    return response, keep_alive and not reader.buffer
+    return head, body, keep_alive and not reader.buffer
