@@ -23,6 +23,7 @@ from bench import (
     auth_cpu,
     cold_start,
     deadline,
+    framework_tax,
     function_cpu,
     gateway_latency,
     scale,
@@ -104,6 +105,7 @@ BENCHMARKS: dict[str, Callable[[Lab, Counts], Section]] = {
         connections=counts.connections,
         seconds=counts.wrk_seconds,
     ),
+    "framework-tax": lambda lab, counts: framework_tax.run(lab, seconds=counts.wrk_seconds),
     "scale": lambda lab, counts: scale.run(
         lab,
         small=counts.scale_small,
