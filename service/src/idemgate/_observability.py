@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import re
@@ -138,6 +139,17 @@ _EXPECTED_ANSWERS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 _MINUTES_KEPT = 60
 _HOURS_KEPT = 24
+
+
+@functools.cache
+def _request_series(route: str, method: str, status: int, outcome: str) -> Any:
+    """The requests counter of one answer; each label set is looked up once."""
+    return _REQUESTS.labels(route, method, str(status), outcome)
+
+
+@functools.cache
+def _latency_series(route: str) -> Any:
+    return _LATENCY.labels(route)
 
 
 def preregister_request_series(routes: Iterable[tuple[str, str]]) -> None:
@@ -402,22 +414,31 @@ class RequestContextMiddleware:
     def _account(self, scope: Scope, status: int, elapsed: float) -> None:
         route = _route_template(scope)
         outcome = scope["state"].get("outcome", "ok" if status < 400 else "error")
-        _REQUESTS.labels(route, scope["method"], str(status), outcome).inc()
-        _LATENCY.labels(route).observe(elapsed)
+        _request_series(route, scope["method"], status, outcome).inc()
+        _latency_series(route).observe(elapsed)
         self.namespaces.count_answer(route, outcome, scope)
-        if self.log_requests:
-            access_log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "outcome": outcome,
-                        "principal": scope["state"].get("principal"),
-                        "duration_ms": round(elapsed * 1000, 3),
-                    }
-                },
+        if self.log_requests and access_log.isEnabledFor(logging.INFO):
+            # As access_log.info would, without looking up the caller's file and line.
+            access_log.handle(
+                access_log.makeRecord(
+                    access_log.name,
+                    logging.INFO,
+                    "(unknown file)",
+                    0,
+                    "request",
+                    (),
+                    None,
+                    extra={
+                        "fields": {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "outcome": outcome,
+                            "principal": scope["state"].get("principal"),
+                            "duration_ms": round(elapsed * 1000, 3),
+                        }
+                    },
+                )
             )
 
     @staticmethod
