@@ -107,7 +107,11 @@ class Lab:
         command += ["--http", "idemgate._http:OneWriteHttpToolsProtocol"]
         env = {**os.environ, "IDEMGATE_STORAGE": storage} if storage else None
         with _stdio_to(self.gateway_log):
-            process = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env)
+            # A session of its own, as the gateways have: the scheduler then shares the
+            # cores between them and the floors alike.
+            process = subprocess.Popen(
+                command, cwd=Path(__file__).parent.parent, env=env, start_new_session=True
+            )
         try:
             wait_for_port(port, process, time.monotonic() + FLOOR_START_TIMEOUT_S)
             yield Served(f"http://127.0.0.1:{port}", process.pid)
