@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
@@ -314,13 +315,56 @@ class _JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class _TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines logged during one turn of the event loop leave together at its end, in one write.
+
+    Outside a running loop (another thread, start-up, shutdown) a line is written at once;
+    ``flush``, which logging calls at exit, writes what is pending.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._pending.append(line)
+            self.flush()
+            return
+        if not self._pending:
+            loop.call_soon(self._flush_pending)
+        self._pending.append(line)
+
+    def _flush_pending(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = "".join(self._pending), []
+            try:
+                self.stream.write(lines)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": lines}))
+        super().flush()
+
+
 def configure_logging(level: str) -> None:
     """One JSON object per line on stderr, each carrying the request ID it belongs to."""
-    handler = logging.StreamHandler()
+    handler = _TurnBatchingHandler()
     handler.setFormatter(_JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The JSON lines show neither threads nor processes: logging need not look them up.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def _route_template(scope: Scope) -> str:
