@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         header=header,
         machine=_machine(load_before),
         versions=versions,
-        rerun=rerun_text(command=command, benchmarks=list(BENCHMARKS), commands=lab.commands),
+        rerun=rerun_text(command=command, benchmarks=list(BENCHMARKS)),
         design=(Path(__file__).parent / "design.md").read_text(),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
