@@ -178,8 +178,11 @@ def _flat_object(raw: bytes) -> dict[str, Any] | None:
 def _parse_json(raw: bytes) -> Any:
     """The JSON value in ``raw``; ``InvalidRequestError`` in the caller's terms otherwise."""
     flat = _flat_object(raw)
-    if flat is not None:
-        return flat
+    return flat if flat is not None else _parse_json_exactly(raw)
+
+
+def _parse_json_exactly(raw: bytes) -> Any:
+    """``_parse_json`` by the standard library alone: the reference the fast path matches."""
     if _too_deep(raw):
         raise InvalidRequestError(
             f"body: arrays and objects nest deeper than {MAX_JSON_DEPTH} levels"
