@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from idemgate.testing import _wait_for_port as wait_for_port
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-__all__ = ["AWS_ENV", "Lab", "claim_item", "raw_claim", "raw_complete"]
+__all__ = ["AWS_ENV", "Lab", "Served", "claim_item", "process_cpu_s", "raw_claim", "raw_complete"]
 
 # DynamoDB Local accepts any credentials; gateways and cold-start interpreters inherit these.
 AWS_ENV = {
@@ -38,6 +39,14 @@ GATEWAY_TABLE = "idemgate-bench"
 LEASE_MS = 60_000
 TTL_S = 86_400
 FLOOR_START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A server the bench started: where it listens and its process."""
+
+    url: str
+    pid: int
 
 
 class Lab:
@@ -84,6 +93,12 @@ class Lab:
 
         With ``storage``, the app that makes each claim on it; without, the fixed answer.
         """
+        with self.floor_process(storage) as served:
+            yield served.url
+
+    @contextlib.contextmanager
+    def floor_process(self, storage: str | None = None) -> Iterator[Served]:
+        """``floor_server``, with the process's ID too."""
         port = free_port()
         app = "bench._floor:claiming_app" if storage else "bench._floor:app"
         lifespan = "on" if storage else "off"
@@ -92,10 +107,14 @@ class Lab:
         command += ["--http", "idemgate._http:OneWriteHttpToolsProtocol"]
         env = {**os.environ, "IDEMGATE_STORAGE": storage} if storage else None
         with _stdio_to(self.gateway_log):
-            process = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env)
+            # A session of its own, as the gateways have: the scheduler then shares the
+            # cores between them and the floors alike.
+            process = subprocess.Popen(
+                command, cwd=Path(__file__).parent.parent, env=env, start_new_session=True
+            )
         try:
             wait_for_port(port, process, time.monotonic() + FLOOR_START_TIMEOUT_S)
-            yield f"http://127.0.0.1:{port}"
+            yield Served(f"http://127.0.0.1:{port}", process.pid)
         finally:
             stop_process(process)
 
@@ -192,3 +211,27 @@ def raw_complete(client: DynamoDBClient, table: str, pk: str, token: str) -> Non
         },
         ReturnValues="ALL_NEW",
     )
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` and of every live process under it."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it exited while we looked
+            continue
+        # The command name, in parentheses, may hold spaces: the fields start after it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        total += times.get(current, 0.0)
+        pending += [child for child, parent in parents.items() if parent == current]
+    return total

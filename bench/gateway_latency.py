@@ -153,17 +153,6 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
                 shown_as=ratio_text(client_ratio),
                 basis=f"{ms(python[gateway_dynamodb].median)} ms vs {ms(boto3_p50)} ms",
             ),
-            Target(
-                name="Server-side time the gateway adds per request (ms, wrk p50)",
-                measured=added_p50 * 1000,
-                goal=0.3,
-                at_most=True,
-                shown_as=f"{ms(added_p50)} ms",
-                basis=(
-                    f"{GATEWAY} {ms(wrk[GATEWAY].p50_s)} ms - "
-                    f"DynamoDB Local {ms(database.p50_s)} ms"
-                ),
-            ),
         ],
         notes=[
             "The gateways run their default settings, access log included (to a file).",

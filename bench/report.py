@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Section", "Table", "Target", "render", "rerun_text"]
-
-# The parts of a load-generator command line that differ from run to run, or warm-up to run.
-_RUN_SPECIFIC = {
-    re.compile(r"http://127\.0\.0\.1:\d+ -- [0-9a-f]{8}\b"): "GATEWAY_URL -- RUN_ID",
-    re.compile(r"--duration=[0-9.]+s"): "--duration=SECONDS",
-}
-
-
-def _kind(command: str) -> str:
-    for pattern, placeholder in _RUN_SPECIFIC.items():
-        command = pattern.sub(placeholder, command)
-    return command
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +91,8 @@ def render(
     return "\n".join(lines)
 
 
-def rerun_text(*, command: str, benchmarks: Sequence[str], commands: Sequence[str]) -> list[str]:
-    """How to run the suite again, and each kind of load it generated, once."""
-    kinds = list(dict.fromkeys(_kind(command) for command in commands))
+def rerun_text(*, command: str, benchmarks: Sequence[str]) -> list[str]:
+    """How to run the suite again, or some of it."""
     return [
         f"`make bench` runs every benchmark and rewrites this file (this one came from "
         f"`{command}`). It needs wrk (Debian's `wrk` package: `make bench` installs it when run "
@@ -114,12 +100,5 @@ def rerun_text(*, command: str, benchmarks: Sequence[str], commands: Sequence[st
         f"...` runs some of them ({', '.join(f'`{name}`' for name in benchmarks)}), `--quick` "
         "only checks that the suite works (its figures mean nothing), and `--output PATH` "
         "writes the report elsewhere. Each run starts its own gateways and DynamoDB Local on "
-        "free loopback ports.",
-        "",
-        "The commands this run ran, one line per kind (ports, run IDs and durations vary; each "
-        "section above gives its durations):",
-        "",
-        "```sh",
-        *kinds,
-        "```",
+        "free loopback ports; each section above says what it ran and for how long.",
     ]

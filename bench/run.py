@@ -23,6 +23,7 @@ from bench import (
     auth_cpu,
     cold_start,
     deadline,
+    framework_tax,
     function_cpu,
     gateway_latency,
     scale,
@@ -104,6 +105,7 @@ BENCHMARKS: dict[str, Callable[[Lab, Counts], Section]] = {
         connections=counts.connections,
         seconds=counts.wrk_seconds,
     ),
+    "framework-tax": lambda lab, counts: framework_tax.run(lab, seconds=counts.wrk_seconds),
     "scale": lambda lab, counts: scale.run(
         lab,
         small=counts.scale_small,
@@ -192,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         header=header,
         machine=_machine(load_before),
         versions=versions,
-        rerun=rerun_text(command=command, benchmarks=list(BENCHMARKS), commands=lab.commands),
+        rerun=rerun_text(command=command, benchmarks=list(BENCHMARKS)),
         design=(Path(__file__).parent / "design.md").read_text(),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)

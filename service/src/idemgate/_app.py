@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idemgate import __version__
 from idemgate._auth import (
@@ -18,6 +21,7 @@ from idemgate._auth import (
     default_sts_url,
     document_security,
 )
+from idemgate._exceptions import ConfigurationError
 from idemgate._observability import (
     NamespaceCounters,
     RequestContextMiddleware,
@@ -35,7 +39,7 @@ from idemgate._settings import Settings
 from idemgate._storage import Storage, open_storage
 from idemgate._storage._sqlite import SQLiteStorage
 
-__all__ = ["create_app"]
+__all__ = ["GatewayApp", "create_app"]
 
 logger = logging.getLogger("idemgate")
 # Room for the JSON around the largest result, and for its escapes.
@@ -54,7 +58,42 @@ async def _sweep_forever(storage: Storage, interval_s: float) -> None:
                 logger.info("swept %d expired records", swept)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class GatewayApp(FastAPI):
+    """FastAPI behind the gateway's own front layers, which every HTTP request passes.
+
+    ``front`` is, from the outside in: the request context (request ID, body limit, metrics,
+    access log), the auth gate, then the records lane, which serves the records routes from
+    their endpoints; everything else goes on to FastAPI (``behind_front``). A middleware added
+    to FastAPI would only see that remainder, so adding one is refused: add a front layer.
+    """
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            scope["app"] = self
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def behind_front(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # The request context answers unexpected errors, as a problem with the request ID:
+        # Starlette's plain-text answer to them would come first.
+        stack = super().build_middleware_stack()
+        return stack.app if isinstance(stack, ServerErrorMiddleware) else stack
+
+    def add_middleware(self, middleware_class: Any, *args: Any, **kwargs: Any) -> None:
+        raise ConfigurationError(
+            f"{getattr(middleware_class, '__name__', middleware_class)} would not see the "
+            "records routes, which the records lane serves in front of FastAPI: add it to "
+            "GatewayApp.front in idemgate/_app.py instead"
+        )
+
+
+def create_app(settings: Settings | None = None) -> GatewayApp:
     """The gateway app; ``settings`` default to the ``IDEMGATE_*`` environment."""
     settings = settings or Settings()
     policy = (
@@ -89,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if iam is not None:
                 await iam.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="idemgate",
         version=__version__,
         summary="An HTTP idempotency gateway: claim a key, run the work once, replay its result.",
@@ -97,13 +136,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,  # a path with a trailing slash is not found, not redirected
         docs_url=None,  # served by console.install_docs, without a CDN
         redoc_url=None,
+        # The gateway has its own metrics and log, for every request alike.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     if policy is not None:
         describe = app.openapi
         app.openapi = lambda: app.openapi_schema or document_security(describe())  # type: ignore[method-assign]
-    app.include_router(records.router)  # as declared: RecordsLane serves it from the same routes
+    app.include_router(records.router)  # as declared: RecordsLane serves it from these routes
     app.include_router(records.listing_router)
     app.include_router(health.router)
     app.include_router(console.router)
@@ -115,11 +156,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     )
-    app.add_middleware(records.RecordsLane)  # inside the request context: added first
-    # Outside the lane, so records calls cannot pass by it; inside the request ID and the log.
-    app.add_middleware(AuthGate, policy=policy, iam=iam, error_response=error_response)
-    app.add_middleware(
-        RequestContextMiddleware,
+    app.front = RequestContextMiddleware(
+        AuthGate(
+            records.RecordsLane(app.behind_front),
+            policy=policy,
+            iam=iam,
+            error_response=error_response,
+        ),
         log_requests=settings.access_log,
         max_body_bytes=settings.max_result_bytes * 2 + _BODY_OVERHEAD_BYTES,
         namespaces=app.state.namespace_counters,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import logging
 import os
 import re
@@ -138,6 +140,17 @@ _EXPECTED_ANSWERS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 _MINUTES_KEPT = 60
 _HOURS_KEPT = 24
+
+
+@functools.cache
+def _request_series(route: str, method: str, status: int, outcome: str) -> Any:
+    """The requests counter of one answer; each label set is looked up once."""
+    return _REQUESTS.labels(route, method, str(status), outcome)
+
+
+@functools.cache
+def _latency_series(route: str) -> Any:
+    return _LATENCY.labels(route)
 
 
 def preregister_request_series(routes: Iterable[tuple[str, str]]) -> None:
@@ -302,13 +315,96 @@ class _JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class _TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines logged during one turn of the event loop leave together at its end, in one write.
+
+    Outside a running loop (another thread, start-up, shutdown) a line is written at once;
+    ``flush``, which logging calls at exit, writes what is pending.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._pending.append(line)
+            self.flush()
+            return
+        self._queue(line, loop)
+
+    def _queue(self, line: str, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._pending:
+            loop.call_soon(self._flush_pending)
+        self._pending.append(line)
+
+    def emit_access_line(self, fields: dict[str, Any]) -> None:
+        """Queue an access log line as ``access_log.info("request")`` would have it formatted.
+
+        For ``_account``, on the event loop, when ``_direct_access_handler`` found this
+        handler to be the only one an access line reaches, with no filter on its way.
+        """
+        line = {
+            "ts": round(time.time(), 3),
+            "level": "info",
+            "logger": access_log.name,
+            "msg": "request",
+            "request_id": current_request_id(),
+            **fields,
+        }
+        with self.lock:  # type: ignore[union-attr]
+            text = orjson.dumps(line, default=str).decode() + self.terminator
+            self._queue(text, asyncio.get_running_loop())
+
+    def _flush_pending(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = "".join(self._pending), []
+            try:
+                self.stream.write(lines)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": lines}))
+        super().flush()
+
+
+def _direct_access_handler() -> _TurnBatchingHandler | None:
+    """The handler ``configure_logging`` installed, if an access line would reach it alone
+    and unfiltered; None when anything else (a test's capture, an operator's filter) is set."""
+    root = logging.root
+    if len(root.handlers) != 1 or root.filters:
+        return None
+    handler = root.handlers[0]
+    if type(handler) is not _TurnBatchingHandler or handler.filters:
+        return None
+    if handler.level > logging.INFO or type(handler.formatter) is not _JSONFormatter:
+        return None
+    logger: logging.Logger | None = access_log
+    while logger is not None and logger is not root:
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        logger = logger.parent
+    return handler
+
+
 def configure_logging(level: str) -> None:
     """One JSON object per line on stderr, each carrying the request ID it belongs to."""
-    handler = logging.StreamHandler()
+    handler = _TurnBatchingHandler()
     handler.setFormatter(_JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The JSON lines show neither threads nor processes: logging need not look them up.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def _route_template(scope: Scope) -> str:
@@ -402,23 +498,34 @@ class RequestContextMiddleware:
     def _account(self, scope: Scope, status: int, elapsed: float) -> None:
         route = _route_template(scope)
         outcome = scope["state"].get("outcome", "ok" if status < 400 else "error")
-        _REQUESTS.labels(route, scope["method"], str(status), outcome).inc()
-        _LATENCY.labels(route).observe(elapsed)
+        _request_series(route, scope["method"], status, outcome).inc()
+        _latency_series(route).observe(elapsed)
         self.namespaces.count_answer(route, outcome, scope)
-        if self.log_requests:
-            access_log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "outcome": outcome,
-                        "principal": scope["state"].get("principal"),
-                        "duration_ms": round(elapsed * 1000, 3),
-                    }
-                },
-            )
+        if self.log_requests and access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "outcome": outcome,
+                "principal": scope["state"].get("principal"),
+                "duration_ms": round(elapsed * 1000, 3),
+            }
+            direct = _direct_access_handler()
+            if direct is not None:
+                direct.emit_access_line(fields)
+            else:  # as access_log.info would, without looking up the caller's file and line
+                access_log.handle(
+                    access_log.makeRecord(
+                        access_log.name,
+                        logging.INFO,
+                        "(unknown file)",
+                        0,
+                        "request",
+                        (),
+                        None,
+                        extra={"fields": fields},
+                    )
+                )
 
     @staticmethod
     def _body_framing(scope: Scope) -> tuple[int, bool]:

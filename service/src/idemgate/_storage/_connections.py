@@ -1,10 +1,10 @@
 """Keep-alive HTTP/1.1 connections for the DynamoDB client: one write out, httptools in.
 
 DynamoDB's API is one POST and one small JSON answer at a time, so a general HTTP client buys
-little and costs a lot: httpcore with h11 and anyio ran about 1,500 Python calls, about 1 ms
-of user CPU, per request on a 2-core box, more than DynamoDB Local took to answer. Here a
-request is one ``transport.write`` and the answer is parsed by httptools (llhttp, the parser
-uvicorn already runs on), so a call costs about 0.15 ms.
+little and costs a lot: httpcore with h11 and anyio ran many Python calls per request, more
+CPU than DynamoDB Local took to answer (docs/performance.md). Here a request is one
+``transport.write`` and the answer is parsed by httptools (llhttp, the parser uvicorn
+already runs on).
 
 Keep-alive has two hazards. A far side (DynamoDB's front ends, a NAT gateway, a proxy) closes
 connections it finds idle; the pool drops its own after ``idle_timeout_s``, below the usual

@@ -7,9 +7,9 @@ extend are writes conditional on the lease token. Expiry is enforced by those co
 the TTL attribute ``expires_at`` (epoch seconds) only lets DynamoDB clean up.
 
 DynamoDB is spoken to directly, over its JSON protocol with SigV4 signatures, from one pool of
-keep-alive connections (``_connections``): botocore would spend about 2 ms of CPU per call
-building, signing and parsing a few hundred bytes of JSON, and would hold a thread while it
-waits.
+keep-alive connections (``_connections``): botocore spent more CPU building, signing and
+parsing a few hundred bytes of JSON than DynamoDB took to answer, and held a thread while it
+waited (docs/performance.md).
 botocore still decides what it knows best: the credentials, from every source of its chain,
 fetched and refreshed in a worker thread (``_credentials``), and the endpoint, from its
 endpoint rules (``_endpoints``). Signing is ``_sigv4``; what is retried is ``_retries``.

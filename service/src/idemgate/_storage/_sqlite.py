@@ -8,7 +8,7 @@ which SQLite runs as one transaction, taken while holding a lock file that every
 file takes (``flock``): so a claim that finds the key taken reads the blocking record before any
 other process can change it, and several worker processes share one file safely. The lock file,
 rather than SQLite's own locking, queues the writers because SQLite's busy handler waits by
-sleeping (1 ms, 2 ms, 5 ms, ...), far longer than a write takes. The lock is taken without
+sleeping for growing intervals, far longer than a write takes. The lock is taken without
 blocking: when another process holds it, the operation yields to the event loop and tries
 again, so a writer that stalls while holding it (a frozen process) never blocks this one's
 loop, and after ``lock_timeout_ms`` the operation fails with ``StorageUnavailableError``.
