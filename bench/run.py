@@ -187,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Everything runs on one machine on 127.0.0.1: DynamoDB Local (AWS's local build, a "
         "Java process, slower than DynamoDB), the gateways, the load generator and the "
         "benchmark process share its cores, so absolute figures are for this box only; the "
-        "ratios are what carries over.",
+        "ratios are what carries over. What these figures mean for a production fleet "
+        "(replicas, DynamoDB units and cost at 1k, 10k and 100k invocations a second) is in "
+        "[scale.md](scale.md).",
     ]
     report = render(
         sections=sections,
