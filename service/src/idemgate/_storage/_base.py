@@ -10,6 +10,7 @@ milliseconds. A record's expiry falls on a whole second: ``expires_at``, ``expir
 ``ttl_ms`` are multiples of 1000 (``idemgate._records`` makes them so), and a backend reads
 them back exactly as written, so one that keeps them in seconds (DynamoDB's TTL attribute
 must be) converts at its own boundary and nowhere else.
+
 Backends raise ``StorageUnavailableError`` (from the driver's error) when the storage cannot
 answer, and nothing else. Methods are coroutines: a backend that talks to a network awaits it
 without holding a thread, and one that does not (SQLite) simply returns.
