@@ -48,7 +48,9 @@ async def claiming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         # /v1/records/{namespace}/{key}/claim, as wrk's claims.lua posts it
         namespace, key = scope["path"].split("/")[3:5]
         await _read_body(receive)
-        await _records[0].claim(namespace, key, fingerprint=None, lease_ms=60_000, ttl_s=86_400)
+        await _records[0].claim(
+            namespace, key, fingerprint=None, lease_ms=60_000, ttl_ms=86_400_000
+        )
         await _answer(send)
 
 

@@ -46,17 +46,17 @@ async def test_a_waiting_claim_answers_as_soon_as_the_holder_finishes(
 ) -> None:
     records = RecordService(cast(Storage, watched))
     namespace = f"w-{uuid.uuid4().hex[:10]}"
-    holder = await records.claim(namespace, "k", fingerprint=None, lease_ms=60_000, ttl_s=60)
+    holder = await records.claim(namespace, "k", fingerprint=None, lease_ms=60_000, ttl_ms=60_000)
     waiting = asyncio.create_task(
         records.claim_waiting(
-            namespace, "k", fingerprint=None, lease_ms=60_000, ttl_s=60, wait_ms=50_000
+            namespace, "k", fingerprint=None, lease_ms=60_000, ttl_ms=60_000, wait_ms=50_000
         )
     )
     await asyncio.wait_for(watched.read.wait(), timeout=20)  # refused once, now waiting
     assert not waiting.done()
     token = holder.record.lease_token
     if finish == "complete":
-        await records.complete(namespace, "k", lease_token=token, result='{"n":1}', ttl_s=None)
+        await records.complete(namespace, "k", lease_token=token, result='{"n":1}', ttl_ms=None)
     else:
         await records.release(namespace, "k", lease_token=token)
     answer = await asyncio.wait_for(waiting, timeout=20)

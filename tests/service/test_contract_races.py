@@ -58,7 +58,7 @@ def replicas(storage: Storage, clock: Clock) -> tuple[RecordService, RecordServi
 
 
 async def claim(service: RecordService, key: str) -> Record:
-    claimed = await service.claim(key, "k", fingerprint=None, lease_ms=LEASE_MS, ttl_s=3600)
+    claimed = await service.claim(key, "k", fingerprint=None, lease_ms=LEASE_MS, ttl_ms=3_600_000)
     assert claimed.claimed
     return claimed.record
 
@@ -84,7 +84,7 @@ async def test_an_extend_landing_inside_a_take_over_keeps_one_holder(storage: St
 
     storage.take_over = take_over_after_the_extend  # type: ignore[method-assign]
     rival = asyncio.create_task(
-        other_replica.claim(namespace, "k", fingerprint=None, lease_ms=LEASE_MS, ttl_s=3600)
+        other_replica.claim(namespace, "k", fingerprint=None, lease_ms=LEASE_MS, ttl_ms=3_600_000)
     )
     judged = asyncio.create_task(judged_expired.wait())
     await asyncio.wait([rival, judged], return_when=asyncio.FIRST_COMPLETED)
@@ -165,7 +165,7 @@ async def test_a_complete_applied_twice_answers_the_completed_record(storage: St
     held = await claim(service, namespace)
     applied_twice(storage, "complete")
     done = await service.complete(
-        namespace, "k", lease_token=held.lease_token, result='{"a":1}', ttl_s=None
+        namespace, "k", lease_token=held.lease_token, result='{"a":1}', ttl_ms=None
     )
     assert (done.status, done.result, done.lease_token) == (
         Status.COMPLETED,

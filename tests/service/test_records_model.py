@@ -30,14 +30,15 @@ from idemgate._exceptions import (
     LeaseLostError,
     NotFoundError,
 )
-from idemgate._records import RecordService, ceil_seconds, epoch_ms
+from idemgate._records import RecordService, epoch_ms, whole_second
 from idemgate._settings import Settings
 from idemgate._storage import Record, Status, open_storage
 
 KEYS = ("a", "b")
 FINGERPRINTS = (None, "sha256:1", "sha256:2")
 LEASES_MS = (1, 999, 1000, 2500)
-TTLS_S = (1, 2, 30)
+# The HTTP API sends whole seconds; 1500 checks that the service rounds an expiry up to one.
+TTLS_MS = (1000, 1500, 2000, 30_000)
 STEPS_MS = (0, 1, 499, 1000, 1001, 2500, 31_000)
 DAY_MS = 86_400_000
 
@@ -51,13 +52,13 @@ class Modelled:
     attempt: int
     lease_token: str
     lease_expires_at: int
-    ttl_s: int
-    expires_at_s: int
+    ttl_ms: int
+    expires_at: int
     completed_at: int | None = None
     result: str | None = None
 
     def live(self, now: int) -> bool:
-        return self.expires_at_s * 1000 > now
+        return self.expires_at > now
 
 
 class RecordsContract(RuleBasedStateMachine):
@@ -97,9 +98,9 @@ class RecordsContract(RuleBasedStateMachine):
         key=st.sampled_from(KEYS),
         fingerprint=st.sampled_from(FINGERPRINTS),
         lease_ms=st.sampled_from(LEASES_MS),
-        ttl_s=st.sampled_from(TTLS_S),
+        ttl_ms=st.sampled_from(TTLS_MS),
     )
-    def claim(self, key: str, fingerprint: str | None, lease_ms: int, ttl_s: int) -> None:
+    def claim(self, key: str, fingerprint: str | None, lease_ms: int, ttl_ms: int) -> None:
         stored = self.live(key)
         expected: type[Exception] | None = None
         if stored is not None:
@@ -112,7 +113,7 @@ class RecordsContract(RuleBasedStateMachine):
             elif stored.status is Status.IN_PROGRESS and stored.lease_expires_at > self.now:
                 expected = InProgressError
         call = self.service.claim(
-            self.namespace, key, fingerprint=fingerprint, lease_ms=lease_ms, ttl_s=ttl_s
+            self.namespace, key, fingerprint=fingerprint, lease_ms=lease_ms, ttl_ms=ttl_ms
         )
         if expected is not None:
             with pytest.raises(expected):
@@ -136,8 +137,8 @@ class RecordsContract(RuleBasedStateMachine):
             attempt=attempt,
             lease_token=answer.record.lease_token,
             lease_expires_at=lease_end,
-            ttl_s=ttl_s,
-            expires_at_s=ceil_seconds(lease_end) + ttl_s,
+            ttl_ms=whole_second(ttl_ms),
+            expires_at=whole_second(lease_end) + whole_second(ttl_ms),
         )
 
     def token(self, data: st.DataObject) -> str:
@@ -147,13 +148,13 @@ class RecordsContract(RuleBasedStateMachine):
         key=st.sampled_from(KEYS),
         data=st.data(),
         result=st.sampled_from(('{"n":1}', "null", '"x"')),
-        ttl_s=st.sampled_from((None, *TTLS_S)),
+        ttl_ms=st.sampled_from((None, *TTLS_MS)),
     )
-    def complete(self, key: str, data: st.DataObject, result: str, ttl_s: int | None) -> None:
+    def complete(self, key: str, data: st.DataObject, result: str, ttl_ms: int | None) -> None:
         token = self.token(data)
         stored = self.live(key)
         call = self.service.complete(
-            self.namespace, key, lease_token=token, result=result, ttl_s=ttl_s
+            self.namespace, key, lease_token=token, result=result, ttl_ms=ttl_ms
         )
         if stored is None or stored.lease_token != token:
             with pytest.raises(LeaseLostError):
@@ -164,8 +165,8 @@ class RecordsContract(RuleBasedStateMachine):
             assert (answer.result, answer.completed_at) == (stored.result, stored.completed_at)
             return
         stored.status, stored.result, stored.completed_at = Status.COMPLETED, result, self.now
-        stored.ttl_s = ttl_s if ttl_s is not None else stored.ttl_s
-        stored.expires_at_s = ceil_seconds(self.now) + stored.ttl_s
+        stored.ttl_ms = whole_second(ttl_ms) if ttl_ms is not None else stored.ttl_ms
+        stored.expires_at = whole_second(self.now) + stored.ttl_ms
         assert (answer.result, answer.completed_at, answer.attempt) == (
             result,
             self.now,
@@ -205,7 +206,7 @@ class RecordsContract(RuleBasedStateMachine):
             return
         assert self.run(call) == self.now + lease_ms
         stored.lease_expires_at = self.now + lease_ms
-        stored.expires_at_s = ceil_seconds(stored.lease_expires_at) + stored.ttl_s
+        stored.expires_at = whole_second(stored.lease_expires_at) + stored.ttl_ms
 
     @rule(key=st.sampled_from(KEYS))
     def get(self, key: str) -> None:
@@ -231,6 +232,7 @@ class RecordsContract(RuleBasedStateMachine):
                 assert stored is None
             else:
                 assert stored == Record(namespace=self.namespace, key=key, **vars(modelled))
+                assert stored.expires_at % 1000 == 0  # DynamoDB's TTL means the same instant
 
 
 def test_random_operation_sequences_follow_the_contract(storage_url: str) -> None:

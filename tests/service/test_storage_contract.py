@@ -11,7 +11,9 @@ import pytest
 from idemgate._settings import Settings
 from idemgate._storage import Record, Status, Storage, open_storage
 
-NOW_S = 1_800_000_000
+# An instant on a whole second, as every expiry is.
+NOW = 1_800_000_000_000
+TTL_MS = 3_600_000
 
 pytestmark = pytest.mark.anyio
 
@@ -36,48 +38,48 @@ def in_progress(**changes: object) -> Record:
         fingerprint="sha256:ab",
         attempt=1,
         lease_token="token-1",
-        lease_expires_at=NOW_S * 1000 + 60_000,
-        ttl_s=3600,
-        expires_at_s=NOW_S + 60 + 3600,
+        lease_expires_at=NOW + 60_000,
+        ttl_ms=TTL_MS,
+        expires_at=NOW + 60_000 + TTL_MS,
     )
     return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
 async def complete_now(
-    storage: Storage, record: Record, *, result: str, ttl_s: int | None = None
+    storage: Storage, record: Record, *, result: str, ttl_ms: int | None = None
 ) -> Record | None:
-    """``storage.complete`` of ``record`` by its own holder, at ``NOW_S``."""
+    """``storage.complete`` of ``record`` by its own holder, at ``NOW``."""
     return await storage.complete(
         record.namespace,
         record.key,
         record.lease_token,
         result=result,
-        completed_at=NOW_S * 1000,
-        expires_base_s=NOW_S,
-        ttl_s=ttl_s,
-        now_s=NOW_S,
+        completed_at=NOW,
+        expires_base=NOW,
+        ttl_ms=ttl_ms,
+        now=NOW,
     )
 
 
 async def test_create_writes_when_absent_and_get_reads_it_back(storage: Storage) -> None:
     record = in_progress()
-    assert await storage.create(record, now_s=NOW_S) is None
+    assert await storage.create(record, now=NOW) is None
     assert await storage.get(record.namespace, record.key) == record
 
 
 async def test_create_returns_the_live_record_unchanged(storage: Storage) -> None:
     first = in_progress()
-    await storage.create(first, now_s=NOW_S)
+    await storage.create(first, now=NOW)
     second = dataclasses.replace(first, lease_token="token-2", fingerprint=None)
-    assert await storage.create(second, now_s=NOW_S) == first
+    assert await storage.create(second, now=NOW) == first
     assert await storage.get(first.namespace, first.key) == first
 
 
 async def test_create_replaces_an_expired_record(storage: Storage) -> None:
-    expired = in_progress(expires_at_s=NOW_S)
-    await storage.create(expired, now_s=NOW_S - 10)
-    fresh = dataclasses.replace(expired, lease_token="token-2", expires_at_s=NOW_S + 100)
-    assert await storage.create(fresh, now_s=NOW_S) is None
+    expired = in_progress(expires_at=NOW)
+    await storage.create(expired, now=NOW - 10_000)
+    fresh = dataclasses.replace(expired, lease_token="token-2", expires_at=NOW + 100_000)
+    assert await storage.create(fresh, now=NOW) is None
     assert await storage.get(fresh.namespace, fresh.key) == fresh
 
 
@@ -87,7 +89,7 @@ async def test_get_returns_none_when_absent(storage: Storage) -> None:
 
 async def test_take_over_needs_the_previous_record(storage: Storage) -> None:
     first = in_progress()
-    await storage.create(first, now_s=NOW_S)
+    await storage.create(first, now=NOW)
     successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
     someone_else = dataclasses.replace(first, lease_token="someone-else")
     assert not await storage.take_over(successor, previous=someone_else)
@@ -98,21 +100,21 @@ async def test_take_over_needs_the_previous_record(storage: Storage) -> None:
 
 async def test_take_over_fails_once_the_lease_it_saw_was_extended(storage: Storage) -> None:
     first = in_progress()
-    await storage.create(first, now_s=NOW_S)
+    await storage.create(first, now=NOW)
     extended = first.lease_expires_at + 30_000
-    base_s = NOW_S + 90
+    base = NOW + 90_000
     assert await storage.extend(
         first.namespace,
         first.key,
         "token-1",
         lease_expires_at=extended,
-        expires_base_s=base_s,
-        now_s=NOW_S,
+        expires_base=base,
+        now=NOW,
     )
     successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
     assert not await storage.take_over(successor, previous=first)
     assert await storage.get(first.namespace, first.key) == dataclasses.replace(
-        first, lease_expires_at=extended, expires_at_s=base_s + first.ttl_s
+        first, lease_expires_at=extended, expires_at=base + first.ttl_ms
     )
 
 
@@ -120,7 +122,7 @@ async def test_take_over_fails_on_a_completed_record_with_the_same_lease(
     storage: Storage,
 ) -> None:
     first = in_progress()
-    await storage.create(first, now_s=NOW_S)
+    await storage.create(first, now=NOW)
     done = await complete_now(storage, first, result="1")
     assert done is not None
     successor = dataclasses.replace(first, lease_token="token-2", attempt=2)
@@ -130,7 +132,7 @@ async def test_take_over_fails_on_a_completed_record_with_the_same_lease(
 
 async def test_complete_stores_the_result_once_for_the_holder(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
+    await storage.create(record, now=NOW)
 
     async def complete(token: str, result: str) -> Record | None:
         return await storage.complete(
@@ -138,10 +140,10 @@ async def test_complete_stores_the_result_once_for_the_holder(storage: Storage) 
             record.key,
             token,
             result=result,
-            completed_at=NOW_S * 1000 + 5,
-            expires_base_s=NOW_S + 1,
-            ttl_s=None,
-            now_s=NOW_S,
+            completed_at=NOW + 5,
+            expires_base=NOW + 1000,
+            ttl_ms=None,
+            now=NOW,
         )
 
     assert await complete("wrong", "1") is None
@@ -150,8 +152,8 @@ async def test_complete_stores_the_result_once_for_the_holder(storage: Storage) 
         record,
         status=Status.COMPLETED,
         result='{"a":1}',
-        completed_at=NOW_S * 1000 + 5,
-        expires_at_s=NOW_S + 1 + 3600,
+        completed_at=NOW + 5,
+        expires_at=NOW + 1000 + TTL_MS,
     )
     assert await storage.get(record.namespace, record.key) == done
     assert await complete("token-1", "2") is None
@@ -159,35 +161,35 @@ async def test_complete_stores_the_result_once_for_the_holder(storage: Storage) 
 
 async def test_complete_with_ttl_sets_it(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
-    done = await complete_now(storage, record, result="null", ttl_s=10)
+    await storage.create(record, now=NOW)
+    done = await complete_now(storage, record, result="null", ttl_ms=10_000)
     assert done is not None
-    assert (done.ttl_s, done.expires_at_s, done.result) == (10, NOW_S + 10, "null")
+    assert (done.ttl_ms, done.expires_at, done.result) == (10_000, NOW + 10_000, "null")
 
 
 async def test_complete_refuses_an_expired_record(storage: Storage) -> None:
-    record = in_progress(expires_at_s=NOW_S)
-    await storage.create(record, now_s=NOW_S - 10)
+    record = in_progress(expires_at=NOW)
+    await storage.create(record, now=NOW - 10_000)
     done = await complete_now(storage, record, result="1")
     assert done is None
 
 
 async def test_extend_moves_the_lease_and_the_expiry(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
-    lease = NOW_S * 1000 + 500_000
-    extend = {"lease_expires_at": lease, "expires_base_s": NOW_S + 500, "now_s": NOW_S}
+    await storage.create(record, now=NOW)
+    lease = NOW + 500_000
+    extend = {"lease_expires_at": lease, "expires_base": NOW + 500_000, "now": NOW}
     assert not await storage.extend(record.namespace, record.key, "wrong", **extend)
     assert await storage.extend(record.namespace, record.key, "token-1", **extend)
     stored = await storage.get(record.namespace, record.key)
     assert stored == dataclasses.replace(
-        record, lease_expires_at=lease, expires_at_s=NOW_S + 500 + 3600
+        record, lease_expires_at=lease, expires_at=NOW + 500_000 + TTL_MS
     )
 
 
 async def test_release_deletes_only_for_the_holder_while_in_progress(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
+    await storage.create(record, now=NOW)
     assert not await storage.release(record.namespace, record.key, "wrong")
     assert await storage.release(record.namespace, record.key, "token-1")
     assert await storage.get(record.namespace, record.key) is None
@@ -196,14 +198,14 @@ async def test_release_deletes_only_for_the_holder_while_in_progress(storage: St
 
 async def test_release_keeps_a_completed_record(storage: Storage) -> None:
     record = in_progress(status=Status.COMPLETED, result="1", completed_at=1)
-    await storage.create(record, now_s=NOW_S)
+    await storage.create(record, now=NOW)
     assert not await storage.release(record.namespace, record.key, "token-1")
     assert await storage.get(record.namespace, record.key) == record
 
 
 async def test_delete_removes_any_record_and_absent_is_fine(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
+    await storage.create(record, now=NOW)
     await storage.delete(record.namespace, record.key)
     await storage.delete(record.namespace, record.key)
     assert await storage.get(record.namespace, record.key) is None
@@ -212,14 +214,14 @@ async def test_delete_removes_any_record_and_absent_is_fine(storage: Storage) ->
 async def test_records_differing_only_in_namespace_are_separate(storage: Storage) -> None:
     record = in_progress()
     neighbour = dataclasses.replace(record, namespace=record.namespace + "x")
-    assert await storage.create(record, now_s=NOW_S) is None
-    assert await storage.create(neighbour, now_s=NOW_S) is None
+    assert await storage.create(record, now=NOW) is None
+    assert await storage.create(neighbour, now=NOW) is None
 
 
 async def test_results_keep_every_character(storage: Storage) -> None:
     result = '{"emoji":"\U0001f600","quote":"\\"","nul":"\\u0000","cjk":"\u6f22\u5b57"}'
     record = in_progress(status=Status.COMPLETED, result=result, completed_at=1)
-    await storage.create(record, now_s=NOW_S)
+    await storage.create(record, now=NOW)
     stored = await storage.get(record.namespace, record.key)
     assert stored is not None
     assert stored.result == result
@@ -230,11 +232,11 @@ async def test_check_passes_when_the_storage_answers(storage: Storage) -> None:
 
 
 async def test_sweep_deletes_only_expired_records(storage: Storage) -> None:
-    expired = in_progress(expires_at_s=NOW_S - 1)
+    expired = in_progress(expires_at=NOW - 1000)
     live = in_progress()
-    await storage.create(expired, now_s=NOW_S - 100)
-    await storage.create(live, now_s=NOW_S)
-    await storage.sweep(now_s=NOW_S)
+    await storage.create(expired, now=NOW - 100_000)
+    await storage.create(live, now=NOW)
+    await storage.sweep(now=NOW)
     assert await storage.get(live.namespace, live.key) == live
     if storage.name == "sqlite":
         assert await storage.get(expired.namespace, expired.key) is None
@@ -255,10 +257,10 @@ async def test_list_records_pages_a_namespace_latest_lease_first(storage: Storag
         dataclasses.replace(first, key=f"k{index}", lease_expires_at=first.lease_expires_at + index)
         for index in range(7)
     ]
-    records[2] = dataclasses.replace(records[2], expires_at_s=NOW_S - 1)  # expired: still listed
+    records[2] = dataclasses.replace(records[2], expires_at=NOW - 1000)  # expired: still listed
     for record in records:
-        await storage.create(record, now_s=NOW_S - 10)
-    await storage.create(in_progress(key="elsewhere"), now_s=NOW_S)  # another namespace
+        await storage.create(record, now=NOW - 10_000)
+    await storage.create(in_progress(key="elsewhere"), now=NOW)  # another namespace
     pages = await all_pages(storage, first.namespace, limit=3)
     listed = [record for page in pages for record in page]
     assert listed == sorted(records, key=lambda record: -record.lease_expires_at)
@@ -269,7 +271,7 @@ async def test_list_records_visits_records_with_one_lease_end_once_each(storage:
     first = in_progress()
     keys = {f"same-{index}" for index in range(5)}
     for key in keys:
-        await storage.create(dataclasses.replace(first, key=key), now_s=NOW_S)
+        await storage.create(dataclasses.replace(first, key=key), now=NOW)
     listed = [
         record.key for page in await all_pages(storage, first.namespace, 2) for record in page
     ]
@@ -281,7 +283,7 @@ async def test_list_records_continues_after_any_listed_record(storage: Storage) 
     for index in range(4):
         late = first.lease_expires_at + index
         await storage.create(
-            dataclasses.replace(first, key=f"k{index}", lease_expires_at=late), now_s=NOW_S
+            dataclasses.replace(first, key=f"k{index}", lease_expires_at=late), now=NOW
         )
     page, _ = await storage.list_records(first.namespace, after=None, limit=4)
     rest, after = await storage.list_records(
@@ -294,8 +296,8 @@ async def test_list_records_continues_after_any_listed_record(storage: Storage) 
 
 async def test_end_lease_moves_an_in_progress_lease_end_earlier_only(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
-    now_ms = NOW_S * 1000
+    await storage.create(record, now=NOW)
+    now_ms = NOW
     ended = dataclasses.replace(record, lease_expires_at=now_ms)
     assert await storage.end_lease(record.namespace, record.key, lease_expires_at=now_ms) == ended
     assert await storage.get(record.namespace, record.key) == ended
@@ -306,9 +308,35 @@ async def test_end_lease_moves_an_in_progress_lease_end_earlier_only(storage: St
 
 async def test_end_lease_leaves_a_completed_record_and_knows_absence(storage: Storage) -> None:
     record = in_progress()
-    await storage.create(record, now_s=NOW_S)
+    await storage.create(record, now=NOW)
     done = await complete_now(storage, record, result='{"ok":true}')
     assert done is not None
     assert await storage.end_lease(record.namespace, record.key, lease_expires_at=0) == done
     assert await storage.get(record.namespace, record.key) == done
     assert await storage.end_lease(record.namespace, "absent", lease_expires_at=0) is None
+
+
+async def test_expiry_reads_back_in_milliseconds_as_written(storage: Storage) -> None:
+    record = in_progress(ttl_ms=86_400_000, expires_at=NOW + 7_000)
+    await storage.create(record, now=NOW)
+    stored = await storage.get(record.namespace, record.key)
+    assert stored is not None
+    assert (stored.ttl_ms, stored.expires_at) == (86_400_000, NOW + 7_000)
+    done = await complete_now(storage, record, result="1", ttl_ms=2_000)
+    assert done is not None
+    assert (done.ttl_ms, done.expires_at) == (2_000, NOW + 2_000)
+    assert await storage.get(record.namespace, record.key) == done
+
+
+async def test_expiry_is_compared_with_now_to_the_millisecond(storage: Storage) -> None:
+    record = in_progress(expires_at=NOW)
+    assert await storage.create(record, now=NOW - 60_000) is None
+    # Moves the lease and leaves the expiry at NOW: base plus the stored TTL.
+    extend = {"lease_expires_at": NOW + 1, "expires_base": NOW - TTL_MS}
+    assert await storage.extend(record.namespace, record.key, "token-1", **extend, now=NOW - 1)
+    assert not await storage.extend(record.namespace, record.key, "token-1", **extend, now=NOW)
+    assert await complete_now(storage, record, result="1") is None  # at NOW: expired
+    extended = dataclasses.replace(record, lease_expires_at=NOW + 1)
+    fresh = dataclasses.replace(record, lease_token="token-2", expires_at=NOW + 100_000)
+    assert await storage.create(fresh, now=NOW - 1) == extended
+    assert await storage.create(fresh, now=NOW) is None

@@ -50,7 +50,7 @@ async def _sweep_forever(storage: Storage, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            swept = await storage.sweep(now_s=epoch_ms() // 1000)
+            swept = await storage.sweep(now=epoch_ms())
         except Exception:
             logger.exception("sweeping expired records failed")
         else:

@@ -1,8 +1,10 @@
 """The records logic: status, expiry, fingerprint and lease rules, written once above storage.
 
-Times are epoch milliseconds from the gateway's own clock; a record's expiry is kept in whole
-epoch seconds (``expires_at_s``) because DynamoDB's TTL attribute must be, and one attribute
-then serves both the expiry conditions and the clean-up.
+Instants are epoch milliseconds from the gateway's own clock and durations are milliseconds
+(the HTTP API's ``ttl_s`` is converted where a request is read). A record's expiry
+(``expires_at``) is rounded up to a whole second here, where it is computed, and nowhere else:
+DynamoDB's TTL attribute is in epoch seconds, so the one stored value then means the same
+instant to the expiry conditions and to DynamoDB's clean-up.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from idemgate._exceptions import (
 )
 from idemgate._storage import ListPosition, Record, Status, Storage
 
-__all__ = ["Claim", "Listing", "RecordService", "ceil_seconds", "epoch_ms"]
+__all__ = ["Claim", "Listing", "RecordService", "epoch_ms", "whole_second"]
 
 # A claim races at most a few writers: each lost race means another caller made progress.
 _TAKE_OVERS = 4
@@ -49,8 +51,9 @@ def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def ceil_seconds(ms: int) -> int:
-    return -(-ms // 1000)
+def whole_second(ms: int) -> int:
+    """``ms`` rounded up to a whole second, still in milliseconds."""
+    return -(-ms // 1000) * 1000
 
 
 # A filtered listing reads at most this many storage pages per answer, then hands back a cursor.
@@ -106,7 +109,7 @@ class RecordService:
         *,
         fingerprint: str | None,
         lease_ms: int,
-        ttl_s: int,
+        ttl_ms: int,
         lease_token: str | None = None,
     ) -> Claim:
         """Claim the key, or answer with its completed record.
@@ -122,6 +125,7 @@ class RecordService:
         """
         now = self._clock()
         lease_expires_at = now + lease_ms
+        ttl_ms = whole_second(ttl_ms)
         fresh = Record(
             namespace=namespace,
             key=key,
@@ -130,13 +134,12 @@ class RecordService:
             attempt=1,
             lease_token=secrets.token_urlsafe(18) if lease_token is None else lease_token,
             lease_expires_at=lease_expires_at,
-            ttl_s=ttl_s,
-            expires_at_s=ceil_seconds(lease_expires_at) + ttl_s,
+            ttl_ms=ttl_ms,
+            expires_at=whole_second(lease_expires_at) + ttl_ms,
         )
-        now_s = now // 1000
         take_overs = 0
         while True:  # a failed take-over is followed by a read, which may find our own write
-            stored = await self.storage.create(fresh, now_s=now_s)
+            stored = await self.storage.create(fresh, now=now)
             if stored is None:
                 return Claim(claimed=True, record=fresh)
             if _fingerprints_conflict(stored.fingerprint, fingerprint):
@@ -161,7 +164,7 @@ class RecordService:
         *,
         fingerprint: str | None,
         lease_ms: int,
-        ttl_s: int,
+        ttl_ms: int,
         wait_ms: int,
         lease_token: str | None = None,
     ) -> Claim:
@@ -178,7 +181,7 @@ class RecordService:
                     key,
                     fingerprint=fingerprint,
                     lease_ms=lease_ms,
-                    ttl_s=ttl_s,
+                    ttl_ms=ttl_ms,
                     lease_token=lease_token,
                 )
             except InProgressError as busy:
@@ -195,7 +198,7 @@ class RecordService:
                 holder_until = stored.lease_expires_at
 
     async def complete(
-        self, namespace: str, key: str, *, lease_token: str, result: str, ttl_s: int | None
+        self, namespace: str, key: str, *, lease_token: str, result: str, ttl_ms: int | None
     ) -> Record:
         """Store the result of the holder's work; a repeat by the same holder is harmless.
 
@@ -208,9 +211,9 @@ class RecordService:
             lease_token,
             result=result,
             completed_at=now,
-            expires_base_s=ceil_seconds(now),
-            ttl_s=ttl_s,
-            now_s=now // 1000,
+            expires_base=whole_second(now),
+            ttl_ms=None if ttl_ms is None else whole_second(ttl_ms),
+            now=now,
         )
         if completed is not None:
             return completed
@@ -249,8 +252,8 @@ class RecordService:
             key,
             lease_token,
             lease_expires_at=lease_expires_at,
-            expires_base_s=ceil_seconds(lease_expires_at),
-            now_s=now // 1000,
+            expires_base=whole_second(lease_expires_at),
+            now=now,
         )
         if not extended:
             raise LeaseLostError

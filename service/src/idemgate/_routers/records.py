@@ -347,7 +347,7 @@ def _completed(record: Record) -> dict[str, Any]:
         "outcome": "completed",
         "attempt": record.attempt,
         "completed_at": record.completed_at,
-        "expires_at": record.expires_at_s * 1000,
+        "expires_at": record.expires_at,
     }
 
 
@@ -375,7 +375,7 @@ async def claim(
             key,
             fingerprint=body.fingerprint,
             lease_ms=body.lease_ms,
-            ttl_s=body.ttl_s,
+            ttl_ms=body.ttl_s * 1000,
             wait_ms=body.wait_ms,
             lease_token=body.lease_token,
         )
@@ -385,7 +385,7 @@ async def claim(
             key,
             fingerprint=body.fingerprint,
             lease_ms=body.lease_ms,
-            ttl_s=body.ttl_s,
+            ttl_ms=body.ttl_s * 1000,
             lease_token=body.lease_token,
         )
     record = answer.record
@@ -420,7 +420,7 @@ async def complete(
         key,
         lease_token=body.lease_token,
         result=result,
-        ttl_s=body.ttl_s,
+        ttl_ms=None if body.ttl_s is None else body.ttl_s * 1000,
     )
     return _json(_completed(record))
 
@@ -459,7 +459,7 @@ def _shown(record: Record) -> dict[str, Any]:
         "fingerprint": record.fingerprint,
         "attempt": record.attempt,
         "lease_expires_at": record.lease_expires_at,
-        "expires_at": record.expires_at_s * 1000,
+        "expires_at": record.expires_at,
         "completed_at": record.completed_at,
         "result": orjson.Fragment(record.result or "null"),
     }

@@ -2,7 +2,15 @@
 
 Backends only store and compare. Status, expiry, fingerprint and lease rules live once, in
 ``idemgate._records``. Every operation is atomic on its own; "live" means
-``expires_at_s > now_s`` and "held by token" means in progress with that ``lease_token``.
+``expires_at > now`` and "held by token" means in progress with that ``lease_token``.
+
+Units, for every operation: an instant (``now``, ``lease_expires_at``, ``expires_at``,
+``expires_base``, ``completed_at``) is epoch milliseconds and a duration (``ttl_ms``) is
+milliseconds. A record's expiry falls on a whole second: ``expires_at``, ``expires_base`` and
+``ttl_ms`` are multiples of 1000 (``idemgate._records`` makes them so), and a backend reads
+them back exactly as written, so one that keeps them in seconds (DynamoDB's TTL attribute
+must be) converts at its own boundary and nowhere else.
+
 Backends raise ``StorageUnavailableError`` (from the driver's error) when the storage cannot
 answer, and nothing else. Methods are coroutines: a backend that talks to a network awaits it
 without holding a thread, and one that does not (SQLite) simply returns.
@@ -26,8 +34,8 @@ class Status(enum.StrEnum):
 class Record:
     """One idempotency record as stored.
 
-    Times are epoch milliseconds, except ``expires_at_s`` (epoch seconds, as DynamoDB's TTL
-    attribute needs). ``result`` is the completed result as JSON text.
+    Times are epoch milliseconds and ``ttl_ms`` milliseconds; ``expires_at`` and ``ttl_ms``
+    are whole seconds. ``result`` is the completed result as JSON text.
     """
 
     namespace: str
@@ -37,13 +45,13 @@ class Record:
     attempt: int
     lease_token: str
     lease_expires_at: int
-    ttl_s: int
-    expires_at_s: int
+    ttl_ms: int
+    expires_at: int
     completed_at: int | None = None
     result: str | None = None
 
     def is_live(self, now_ms: int) -> bool:
-        return self.expires_at_s * 1000 > now_ms
+        return self.expires_at > now_ms
 
 
 # Where a listing stands: the ``(lease_expires_at, key)`` of the record it reached.
@@ -60,7 +68,7 @@ class Storage(ABC):
         """The stored record, read strongly consistently, live or expired; None if absent."""
 
     @abstractmethod
-    async def create(self, record: Record, *, now_s: int) -> Record | None:
+    async def create(self, record: Record, *, now: int) -> Record | None:
         """Store ``record`` unless a live record has its name.
 
         Returns None when ``record`` was written; otherwise writes nothing and returns the live
@@ -86,14 +94,14 @@ class Storage(ABC):
         *,
         result: str,
         completed_at: int,
-        expires_base_s: int,
-        ttl_s: int | None,
-        now_s: int,
+        expires_base: int,
+        ttl_ms: int | None,
+        now: int,
     ) -> Record | None:
         """Mark the live record held by ``lease_token`` completed with ``result``.
 
-        Sets ``completed_at``, stores ``ttl_s`` when given, and sets ``expires_at_s`` to
-        ``expires_base_s`` plus the (new or stored) ``ttl_s``. Returns the completed record, or
+        Sets ``completed_at``, stores ``ttl_ms`` when given, and sets ``expires_at`` to
+        ``expires_base`` plus the (new or stored) ``ttl_ms``. Returns the completed record, or
         None, changing nothing, when the record is not live or not held by ``lease_token``.
         """
 
@@ -105,12 +113,12 @@ class Storage(ABC):
         lease_token: str,
         *,
         lease_expires_at: int,
-        expires_base_s: int,
-        now_s: int,
+        expires_base: int,
+        now: int,
     ) -> bool:
         """Set the lease end of the live record held by ``lease_token``.
 
-        Also sets ``expires_at_s`` to ``expires_base_s`` plus the stored ``ttl_s``, so an
+        Also sets ``expires_at`` to ``expires_base`` plus the stored ``ttl_ms``, so an
         in-progress record outlives its lease. Returns whether the record was changed.
         """
 
@@ -126,7 +134,7 @@ class Storage(ABC):
     async def check(self) -> None:
         """Raise ``StorageUnavailableError`` unless the storage answers right now."""
 
-    async def sweep(self, *, now_s: int) -> int:
+    async def sweep(self, *, now: int) -> int:
         """Delete expired records, for storage without a TTL of its own; returns how many."""
         return 0
 

@@ -4,7 +4,9 @@ One item per record under ``pk = "namespace#key"``, so one hot namespace still s
 many partitions. A fresh claim, a replay and an in-progress answer are one conditional
 ``PutItem`` that hands back the blocking item on failure (``ALL_OLD``); complete, release and
 extend are writes conditional on the lease token. Expiry is enforced by those conditions:
-the TTL attribute ``expires_at`` (epoch seconds) only lets DynamoDB clean up.
+the TTL attribute ``expires_at`` only lets DynamoDB clean up. DynamoDB's TTL must be epoch
+seconds, so the item keeps ``expires_at`` and ``ttl_s`` in seconds, and the milliseconds of
+``Record`` and of the operations are converted by ``_n_seconds`` and ``_ms`` alone.
 
 DynamoDB is spoken to directly, over its JSON protocol with SigV4 signatures, from one pool of
 keep-alive connections (``_connections``): botocore spent more CPU building, signing and
@@ -95,6 +97,19 @@ def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
 
 
+def _n_seconds(ms: int) -> dict[str, str]:
+    """An instant or duration in milliseconds as a number of seconds, rounded down.
+
+    Expiries and TTLs are whole seconds, so they convert exactly. ``now`` rounds down, and an
+    expiry of whole seconds is after ``now`` exactly when it is after ``now`` rounded down.
+    """
+    return _n(ms // 1000)
+
+
+def _ms(seconds: Mapping[str, str]) -> int:
+    return int(seconds["N"]) * 1000
+
+
 def _pk(namespace: str, key: str) -> dict[str, Any]:
     return {PARTITION_KEY: _s(f"{namespace}{_SEPARATOR}{key}")}
 
@@ -107,8 +122,8 @@ def _item(record: Record) -> dict[str, Any]:
         "attempt": _n(record.attempt),
         "lease_token": _s(record.lease_token),
         "lease_expires_at": _n(record.lease_expires_at),
-        "ttl_s": _n(record.ttl_s),
-        TTL_ATTRIBUTE: _n(record.expires_at_s),
+        "ttl_s": _n_seconds(record.ttl_ms),
+        TTL_ATTRIBUTE: _n_seconds(record.expires_at),
     }
     if record.fingerprint is not None:
         item["fingerprint"] = _s(record.fingerprint)
@@ -131,8 +146,8 @@ def _record(item: Mapping[str, Any]) -> Record:
             attempt=int(item["attempt"]["N"]),
             lease_token=item["lease_token"]["S"],
             lease_expires_at=int(item["lease_expires_at"]["N"]),
-            ttl_s=int(item["ttl_s"]["N"]),
-            expires_at_s=int(item[TTL_ATTRIBUTE]["N"]),
+            ttl_ms=_ms(item["ttl_s"]),
+            expires_at=_ms(item[TTL_ATTRIBUTE]),
             completed_at=int(item["completed_at"]["N"]) if "completed_at" in item else None,
             result=item["result"]["S"] if "result" in item else None,
         )
@@ -324,7 +339,7 @@ class DynamoDBStorage(Storage):
         return written is not None
 
     async def _update_held(
-        self, namespace: str, key: str, token: str, now_s: int, update: str, **values: Any
+        self, namespace: str, key: str, token: str, now: int, update: str, **values: Any
     ) -> dict[str, Any] | None:
         return await self._write(
             "UpdateItem",
@@ -332,7 +347,7 @@ class DynamoDBStorage(Storage):
             UpdateExpression=update,
             ConditionExpression=_LIVE_AND_HELD,
             ExpressionAttributeNames=_names(update, _LIVE_AND_HELD),
-            ExpressionAttributeValues={**_held_by(token), ":now_s": _n(now_s), **values},
+            ExpressionAttributeValues={**_held_by(token), ":now_s": _n_seconds(now), **values},
             ReturnValues="ALL_NEW",
         )
 
@@ -341,7 +356,7 @@ class DynamoDBStorage(Storage):
         item = answer.get("Item")
         return _record(item) if item else None
 
-    async def create(self, record: Record, *, now_s: int) -> Record | None:
+    async def create(self, record: Record, *, now: int) -> Record | None:
         condition = "attribute_not_exists(#pk) OR #expires <= :now_s"
         try:
             await self._client.call(
@@ -349,7 +364,7 @@ class DynamoDBStorage(Storage):
                 Item=_item(record),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=_names(condition),
-                ExpressionAttributeValues={":now_s": _n(now_s)},
+                ExpressionAttributeValues={":now_s": _n_seconds(now)},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ConditionFailedError as failed:
@@ -379,23 +394,23 @@ class DynamoDBStorage(Storage):
         *,
         result: str,
         completed_at: int,
-        expires_base_s: int,
-        ttl_s: int | None,
-        now_s: int,
+        expires_base: int,
+        ttl_ms: int | None,
+        now: int,
     ) -> Record | None:
         values = {
             ":completed": _s(Status.COMPLETED),
             ":result": _s(result),
             ":completed_at": _n(completed_at),
-            ":base": _n(expires_base_s),
+            ":base": _n_seconds(expires_base),
         }
         update = "SET #status = :completed, #result = :result, #completed = :completed_at, "
-        if ttl_s is None:
+        if ttl_ms is None:
             update += "#expires = :base + #ttl"
         else:
             update += "#ttl = :ttl, #expires = :base + :ttl"
-            values[":ttl"] = _n(ttl_s)
-        answer = await self._update_held(namespace, key, lease_token, now_s, update, **values)
+            values[":ttl"] = _n_seconds(ttl_ms)
+        answer = await self._update_held(namespace, key, lease_token, now, update, **values)
         return _record(answer.get("Attributes") or {}) if answer is not None else None
 
     async def extend(
@@ -405,17 +420,17 @@ class DynamoDBStorage(Storage):
         lease_token: str,
         *,
         lease_expires_at: int,
-        expires_base_s: int,
-        now_s: int,
+        expires_base: int,
+        now: int,
     ) -> bool:
         update = "SET #lease = :lease, #expires = :base + #ttl"
         answer = await self._update_held(
             namespace,
             key,
             lease_token,
-            now_s,
+            now,
             update,
-            **{":lease": _n(lease_expires_at), ":base": _n(expires_base_s)},
+            **{":lease": _n(lease_expires_at), ":base": _n_seconds(expires_base)},
         )
         return answer is not None
 

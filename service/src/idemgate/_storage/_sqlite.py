@@ -12,6 +12,9 @@ sleeping for growing intervals, far longer than a write takes. The lock is taken
 blocking: when another process holds it, the operation yields to the event loop and tries
 again, so a writer that stalls while holding it (a frozen process) never blocks this one's
 loop, and after ``lock_timeout_ms`` the operation fails with ``StorageUnavailableError``.
+The file keeps a record's ``ttl_s`` and ``expires_at_s`` in seconds, as DynamoDB does (files
+written by earlier versions stay readable as they are); ``_seconds`` and ``_record`` convert
+to and from the milliseconds of ``Record`` and of the operations, and nothing else does.
 ``synchronous=NORMAL`` keeps every committed record across a process crash or restart (a power
 cut may lose the last transactions; see docs/operations.md).
 """
@@ -59,6 +62,15 @@ _SWEEP_BATCH = 1000
 _LOCK_POLL_S = 0.001
 
 
+def _seconds(ms: int) -> int:
+    """Milliseconds as seconds, rounded down: exact for an expiry or a TTL (whole seconds).
+
+    ``now`` rounds down, and an expiry of whole seconds is after ``now`` exactly when it is
+    after ``now`` rounded down.
+    """
+    return ms // 1000
+
+
 def _record(row: Any) -> Record:
     namespace, key, status, fingerprint, attempt, token, lease, ttl_s, expires, done, result = row
     return Record(
@@ -69,8 +81,8 @@ def _record(row: Any) -> Record:
         attempt=attempt,
         lease_token=token,
         lease_expires_at=lease,
-        ttl_s=ttl_s,
-        expires_at_s=expires,
+        ttl_ms=ttl_s * 1000,
+        expires_at=expires * 1000,
         completed_at=done,
         result=result,
     )
@@ -85,8 +97,8 @@ def _row(record: Record) -> tuple[object, ...]:
         record.attempt,
         record.lease_token,
         record.lease_expires_at,
-        record.ttl_s,
-        record.expires_at_s,
+        _seconds(record.ttl_ms),
+        _seconds(record.expires_at),
         record.completed_at,
         record.result,
     )
@@ -162,13 +174,13 @@ class SQLiteStorage(Storage):
             raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
         return _record(row) if row else None
 
-    async def create(self, record: Record, *, now_s: int) -> Record | None:
+    async def create(self, record: Record, *, now: int) -> Record | None:
         async with self._writing() as connection:
             written = connection.execute(
                 f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 f"ON CONFLICT (namespace, key) DO UPDATE SET ({_COLUMNS}) = ({_EXCLUDED}) "
                 "WHERE records.expires_at_s <= ?",
-                (*_row(record), now_s),
+                (*_row(record), _seconds(now)),
             ).rowcount
             if written:
                 return None
@@ -201,10 +213,11 @@ class SQLiteStorage(Storage):
         *,
         result: str,
         completed_at: int,
-        expires_base_s: int,
-        ttl_s: int | None,
-        now_s: int,
+        expires_base: int,
+        ttl_ms: int | None,
+        now: int,
     ) -> Record | None:
+        ttl_s = None if ttl_ms is None else _seconds(ttl_ms)
         async with self._writing() as connection:
             row = connection.execute(
                 "UPDATE records SET status = 'completed', result = ?, completed_at = ?, "
@@ -214,12 +227,12 @@ class SQLiteStorage(Storage):
                     result,
                     completed_at,
                     ttl_s,
-                    expires_base_s,
+                    _seconds(expires_base),
                     ttl_s,
                     namespace,
                     key,
                     lease_token,
-                    now_s,
+                    _seconds(now),
                 ),
             ).fetchone()
             return _record(row) if row else None
@@ -231,14 +244,21 @@ class SQLiteStorage(Storage):
         lease_token: str,
         *,
         lease_expires_at: int,
-        expires_base_s: int,
-        now_s: int,
+        expires_base: int,
+        now: int,
     ) -> bool:
         async with self._writing() as connection:
             cursor = connection.execute(
                 "UPDATE records SET lease_expires_at = ?, expires_at_s = ? + ttl_s "
                 f"WHERE {_HELD} AND expires_at_s > ?",
-                (lease_expires_at, expires_base_s, namespace, key, lease_token, now_s),
+                (
+                    lease_expires_at,
+                    _seconds(expires_base),
+                    namespace,
+                    key,
+                    lease_token,
+                    _seconds(now),
+                ),
             )
             return cursor.rowcount == 1
 
@@ -261,14 +281,14 @@ class SQLiteStorage(Storage):
         except sqlite3.Error as exc:
             raise StorageUnavailableError(f"SQLite failed: {exc}") from exc
 
-    async def sweep(self, *, now_s: int) -> int:
+    async def sweep(self, *, now: int) -> int:
         deleted = 0
         while True:
             async with self._writing() as connection:
                 batch = connection.execute(
                     "DELETE FROM records WHERE (namespace, key) IN (SELECT namespace, key "
                     "FROM records WHERE expires_at_s <= ? LIMIT ?)",
-                    (now_s, _SWEEP_BATCH),
+                    (_seconds(now), _SWEEP_BATCH),
                 ).rowcount
             deleted += batch
             if batch < _SWEEP_BATCH:
