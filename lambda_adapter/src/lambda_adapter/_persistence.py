@@ -18,9 +18,8 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from ._config import LambdaContext
 from ._exceptions import (
@@ -28,10 +27,15 @@ from ._exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyUnavailableError,
     IdempotencyValidationError,
+    TimeoutException,
+    TransportError,
 )
 from ._iam import IamAuthorization
 from ._incidents import Metric, emit_metric, log_incident
-from ._transport import DeadlineTransport, call_deadline
+from ._transport import DeadlineTransport, call_deadline, default_ssl_context, through_httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Claimed",
@@ -53,6 +57,9 @@ _MAX_WAIT_MS = 50_000  # the gateway's limit on one waiting claim
 _DEFAULT_MAX_RESULT_BYTES = 262_144  # the gateway's default limit
 # Keys that httpx would put in a URL path as they are: no character escaped, no dot segment.
 _PLAIN_KEY = re.compile(r"(?!\.\.?$)[A-Za-z0-9._~:@=+-]+")
+# What httpx leaves unescaped in a URL path.
+_PATH_SAFE = "/:@!$&'()*+,;=%-._~"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def backoff(attempt: int) -> float:
@@ -171,7 +178,7 @@ class GatewayPersistenceLayer:
         reserve_ms: int = 500,
         max_call_ms: int = 3000,
         max_attempts: int = 3,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | DeadlineTransport | None = None,
         metrics_namespace: str | None = None,
         max_result_bytes: int = _DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
@@ -184,8 +191,8 @@ class GatewayPersistenceLayer:
         token = token or os.environ.get("IDEMGATE_TOKEN")
         if not url:
             raise ValueError("the gateway URL is missing: pass url= or set IDEMGATE_URL")
-        base = httpx.URL(url)
-        if base.scheme not in ("http", "https"):
+        base = urlsplit(url)
+        if base.scheme not in _DEFAULT_PORTS or not base.hostname:
             raise ValueError(f"the gateway URL must be http or https, not {url!r}")
         if namespace is None or not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
@@ -196,7 +203,13 @@ class GatewayPersistenceLayer:
             raise ValueError(
                 "reserve_ms must be >= 0, max_call_ms, max_attempts and max_result_bytes >= 1"
             )
-        self.url = str(base).rstrip("/")
+        # Normalised as httpx would: host in lower case (IDNA if need be), no default port.
+        host = base.hostname if base.hostname.isascii() else base.hostname.encode("idna").decode()
+        port = base.port or _DEFAULT_PORTS[base.scheme]
+        netloc = f"[{host}]" if ":" in host else host
+        if port != _DEFAULT_PORTS[base.scheme]:
+            netloc = f"{netloc}:{port}"
+        self.url = f"{base.scheme}://{netloc}{quote(base.path, safe=_PATH_SAFE)}".rstrip("/")
         self.namespace = namespace
         self.reserve_ms = reserve_ms
         self.max_call_ms = max_call_ms
@@ -204,11 +217,10 @@ class GatewayPersistenceLayer:
         self.metrics_namespace = metrics_namespace
         self.max_result_bytes = max_result_bytes
         self._records_url = f"{self.url}/v1/records/{namespace}/"
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = [(b"content-type", b"application/json"), (b"accept", b"application/json")]
         if token:
-            headers["authorization"] = f"Bearer {token}"
-        # Built once: each request copies it instead of validating a dict again.
-        self._headers = httpx.Headers(headers)
+            headers.append((b"authorization", f"Bearer {token}".encode("ascii")))
+        self._headers = headers
         self._iam: IamAuthorization | None = None
         if auth == "iam":
             server_id = server_id or os.environ.get("IDEMGATE_AUTH_SERVER_ID") or ""
@@ -217,7 +229,7 @@ class GatewayPersistenceLayer:
             raise ValueError(f"auth must be 'token' or 'iam', not {auth!r}")
         if transport is None:
             # Plain-HTTP gateways (the usual in-VPC case) never pay for an SSL context.
-            ssl_context = httpx.create_ssl_context() if base.scheme == "https" else None
+            ssl_context = default_ssl_context() if base.scheme == "https" else None
             transport = DeadlineTransport(ssl_context=ssl_context)
         self._transport = transport
         # The adapter's own transport, not a subclass that changes how requests are handled.
@@ -229,14 +241,9 @@ class GatewayPersistenceLayer:
         )
         # What every request to the records API starts with, as httpx would write it; the
         # default transport then gets each request encoded, without building httpx objects.
-        template = httpx.Request("POST", self._records_url, headers=self._headers)
-        self._origin = (
-            base.raw_scheme,
-            base.raw_host,
-            base.port or (443 if base.raw_scheme == b"https" else 80),
-        )
-        self._host_line = b"Host: " + template.headers["host"].encode("ascii") + b"\r\n"
-        self._records_path = template.url.raw_path
+        self._origin = (base.scheme.encode(), host.encode(), port)
+        self._host_line = b"Host: " + netloc.encode() + b"\r\n"
+        self._records_path = urlsplit(self._records_url).path.encode()
 
     def claim(
         self,
@@ -326,7 +333,7 @@ class GatewayPersistenceLayer:
         """
         url = f"{self._records_url}{key}/{action}"
         failure: str = "no time was left in the invocation's budget"
-        cause: httpx.TransportError | None = None
+        cause: TransportError | None = None
         gateway_request_id: str | None = None
         for attempt in range(self.max_attempts):
             if attempt:
@@ -339,9 +346,9 @@ class GatewayPersistenceLayer:
                 break
             try:
                 answer = self._send(url, body, timeout)
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 cause, failure, gateway_request_id = exc, f"{type(exc).__name__}: {exc}", None
-                if isinstance(exc, httpx.TimeoutException):
+                if isinstance(exc, TimeoutException):
                     emit_metric(
                         self.metrics_namespace, invocation.function_name, Metric.GATEWAY_TIMEOUT
                     )
@@ -376,32 +383,16 @@ class GatewayPersistenceLayer:
             key, _, action = url[len(self._records_url) :].rpartition("/")
             if transport is not None and _PLAIN_KEY.fullmatch(key) and _plain_headers(headers):
                 return self._exchange(transport, f"{key}/{action}", headers, body, timeout)
-            request = httpx.Request(
-                "POST",
-                url,
-                content=body,
-                headers=headers,
-                extensions={
-                    "timeout": {
-                        "connect": timeout,
-                        "read": timeout,
-                        "write": timeout,
-                        "pool": timeout,
-                    }
-                },
+            status, fields, content = through_httpx(
+                self._transport, url, headers=headers, body=body, timeout=timeout
             )
-            response = self._transport.handle_request(request)
-            try:
-                content = response.read()
-            finally:
-                response.close()
-        return _Answer(response.status_code, _json_object(content), response.headers)
+        return _Answer(status, _json_object(content), fields)
 
     def _exchange(
         self,
         transport: DeadlineTransport,
         raw_path: str,
-        headers: httpx.Headers,
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeout: float,
     ) -> _Answer:
@@ -410,7 +401,7 @@ class GatewayPersistenceLayer:
             [
                 b"POST %s%s HTTP/1.1\r\n" % (self._records_path, raw_path.encode("ascii")),
                 self._host_line,
-                *[name + b": " + value + b"\r\n" for name, value in headers.raw],
+                *[name + b": " + value + b"\r\n" for name, value in headers],
                 b"Content-Length: %d\r\n\r\n" % len(body),
                 body,
             ]
@@ -426,9 +417,9 @@ class GatewayPersistenceLayer:
         return _Answer(head.status, _json_object(content), fields)
 
 
-def _plain_headers(headers: httpx.Headers) -> bool:
+def _plain_headers(headers: list[tuple[bytes, bytes]]) -> bool:
     """No line break in any field (the transport refuses those: it stays the one to say so)."""
-    return not any(b"\r" in value or b"\n" in value for _, value in headers.raw)
+    return not any(b"\r" in value or b"\n" in value for _, value in headers)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
