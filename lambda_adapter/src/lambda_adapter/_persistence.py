@@ -193,7 +193,7 @@ class GatewayPersistenceLayer:
             raise ValueError("the gateway URL is missing: pass url= or set IDEMGATE_URL")
         base = urlsplit(url)
         if base.scheme not in _DEFAULT_PORTS or not base.hostname:
-            raise ValueError(f"the gateway URL must be http or https, not {url!r}")
+            raise ValueError(f"the gateway URL must be http or https with a host, not {url!r}")
         if namespace is None or not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
                 f"namespace {namespace!r} must match {_NAMESPACE.pattern}: pass namespace= "
