@@ -16,6 +16,8 @@ import trustme
 from lambda_adapter import IdempotencyUnavailableError
 from lambda_adapter import _exceptions as failures
 from lambda_adapter._persistence import Claimed, GatewayPersistenceLayer, Invocation
+from lambda_adapter._sigv4 import AwsCredentials
+from lambda_adapter._sqs import QueueRef, SqsClient
 from lambda_adapter._transport import DeadlineTransport, call_deadline, default_ssl_context
 
 from .conftest import LoopbackServer, StallingServer
@@ -388,3 +390,33 @@ def test_a_user_transport_fails_as_the_adapter_transport_does(
     assert type(cause) is translated
     assert isinstance(cause.__cause__, raised)
     assert str(caught.value).endswith(f"{translated.__name__}: refused")
+
+
+def test_the_sqs_client_writes_its_requests_as_httpx_would() -> None:
+    answer = ok(b'{"MessageId":"m-1"}')
+    queue = QueueRef.from_arn("arn:aws:sqs:eu-west-1:123456789012:dead-letters")
+    credentials = AwsCredentials(access_key="AKIDEXAMPLE", secret_key="s", session_token="t")
+    with ScriptedServer(answer, answer) as server:
+        for transport in (None, _ThroughHttpx()):
+            client = SqsClient(
+                endpoint_url=server.url, credentials=credentials, transport=transport
+            )
+            message_id = client.send_message(
+                queue,
+                body="lost",
+                attributes={},
+                group_id=None,
+                deduplication_id="d-1",
+                invocation=Invocation(None, reserve_ms=0, default_lease_ms=1000),
+            )
+            assert message_id == "m-1"
+        sent = server.requests
+    # Signed a moment apart: the date and the signature may differ, nothing else.
+    timed = (b"x-amz-date:", b"authorization:")
+    direct, through_httpx = (
+        [line for line in request.split(b"\r\n") if not line.lower().startswith(timed)]
+        for request in sent
+    )
+    assert direct == through_httpx
+    assert direct[0] == b"POST / HTTP/1.1"
+    assert all(request.count(b"authorization: AWS4-HMAC-SHA256") == 1 for request in sent)

@@ -19,7 +19,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit
 
 from ._config import LambdaContext
 from ._exceptions import (
@@ -29,10 +28,18 @@ from ._exceptions import (
     IdempotencyValidationError,
     TimeoutException,
     TransportError,
+    UnsupportedProtocol,
 )
 from ._iam import IamAuthorization
 from ._incidents import Metric, emit_metric, log_incident
-from ._transport import DeadlineTransport, call_deadline, default_ssl_context, through_httpx
+from ._transport import (
+    DeadlineTransport,
+    call_deadline,
+    default_ssl_context,
+    own_transport,
+    split_url,
+    through_httpx,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -57,9 +64,6 @@ _MAX_WAIT_MS = 50_000  # the gateway's limit on one waiting claim
 _DEFAULT_MAX_RESULT_BYTES = 262_144  # the gateway's default limit
 # Keys that httpx would put in a URL path as they are: no character escaped, no dot segment.
 _PLAIN_KEY = re.compile(r"(?!\.\.?$)[A-Za-z0-9._~:@=+-]+")
-# What httpx leaves unescaped in a URL path.
-_PATH_SAFE = "/:@!$&'()*+,;=%-._~"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def backoff(attempt: int) -> float:
@@ -191,9 +195,13 @@ class GatewayPersistenceLayer:
         token = token or os.environ.get("IDEMGATE_TOKEN")
         if not url:
             raise ValueError("the gateway URL is missing: pass url= or set IDEMGATE_URL")
-        base = urlsplit(url)
-        if base.scheme not in _DEFAULT_PORTS or not base.hostname:
-            raise ValueError(f"the gateway URL must be http or https with a host, not {url!r}")
+        try:
+            origin, authority, path = split_url(url)
+        except UnsupportedProtocol:
+            raise ValueError(
+                f"the gateway URL must be http or https with a host, not {url!r}"
+            ) from None
+        scheme = origin[0].decode()
         if namespace is None or not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
                 f"namespace {namespace!r} must match {_NAMESPACE.pattern}: pass namespace= "
@@ -203,13 +211,7 @@ class GatewayPersistenceLayer:
             raise ValueError(
                 "reserve_ms must be >= 0, max_call_ms, max_attempts and max_result_bytes >= 1"
             )
-        # Normalised as httpx would: host in lower case (IDNA if need be), no default port.
-        host = base.hostname if base.hostname.isascii() else base.hostname.encode("idna").decode()
-        port = base.port or _DEFAULT_PORTS[base.scheme]
-        netloc = f"[{host}]" if ":" in host else host
-        if port != _DEFAULT_PORTS[base.scheme]:
-            netloc = f"{netloc}:{port}"
-        self.url = f"{base.scheme}://{netloc}{quote(base.path, safe=_PATH_SAFE)}".rstrip("/")
+        self.url = f"{scheme}://{authority}{path}".rstrip("/")
         self.namespace = namespace
         self.reserve_ms = reserve_ms
         self.max_call_ms = max_call_ms
@@ -229,21 +231,15 @@ class GatewayPersistenceLayer:
             raise ValueError(f"auth must be 'token' or 'iam', not {auth!r}")
         if transport is None:
             # Plain-HTTP gateways (the usual in-VPC case) never pay for an SSL context.
-            ssl_context = default_ssl_context() if base.scheme == "https" else None
+            ssl_context = default_ssl_context() if scheme == "https" else None
             transport = DeadlineTransport(ssl_context=ssl_context)
         self._transport = transport
-        # The adapter's own transport, not a subclass that changes how requests are handled.
-        self._direct = (
-            transport
-            if isinstance(transport, DeadlineTransport)
-            and type(transport).handle_request is DeadlineTransport.handle_request
-            else None
-        )
+        self._direct = own_transport(transport)
         # What every request to the records API starts with, as httpx would write it; the
         # default transport then gets each request encoded, without building httpx objects.
-        self._origin = (base.scheme.encode(), host.encode(), port)
-        self._host_line = b"Host: " + netloc.encode() + b"\r\n"
-        self._records_path = urlsplit(self._records_url).path.encode()
+        self._origin = origin
+        self._host_line = b"Host: " + authority.encode() + b"\r\n"
+        self._records_path = split_url(self._records_url)[2].encode()
 
     def claim(
         self,
@@ -410,11 +406,7 @@ class GatewayPersistenceLayer:
         head, content = transport.exchange(
             self._origin, message, keep_alive=True, timeouts=timeouts
         )
-        fields: dict[str, str] = {}
-        for name, value in head.fields:
-            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        return _Answer(head.status, _json_object(content), fields)
+        return _Answer(head.status, _json_object(content), head.by_name())
 
 
 def _plain_headers(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._exceptions import TransportError
 from ._persistence import Invocation
 from ._sigv4 import AwsCredentials, sign_headers
-from ._transport import DeadlineTransport, call_deadline, through_httpx
+from ._transport import DeadlineTransport, call_deadline, post
 
 if TYPE_CHECKING:
     import httpx
@@ -154,7 +154,7 @@ class SqsClient:
         fields = [(name.encode(), value.encode()) for name, value in headers.items()]
         try:
             with call_deadline(time.monotonic() + timeout):
-                status, _, content = through_httpx(
+                status, _, content = post(
                     self._transport, url, headers=fields, body=body, timeout=timeout
                 )
         except TransportError as exc:

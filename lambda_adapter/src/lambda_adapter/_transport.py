@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
 
 from . import _exceptions
 from ._exceptions import (
@@ -54,7 +55,15 @@ if TYPE_CHECKING:
 
     import httpx
 
-__all__ = ["DeadlineTransport", "call_deadline", "default_ssl_context", "through_httpx"]
+__all__ = [
+    "DeadlineTransport",
+    "call_deadline",
+    "default_ssl_context",
+    "own_transport",
+    "post",
+    "split_url",
+    "through_httpx",
+]
 
 _deadline: ContextVar[float | None] = ContextVar("idemgate_call_deadline", default=None)
 
@@ -65,6 +74,8 @@ _MAX_IDLE_PER_ORIGIN = 16
 # drop its packets without a word, and a request sent on it would wait out the call's timeout.
 _IDLE_EXPIRY_S = 30.0
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
+# What httpx leaves unescaped in a URL path.
+_PATH_SAFE = "/:@!$&'()*+,;=%-._~"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HTTP_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -104,6 +115,64 @@ def default_ssl_context() -> ssl.SSLContext:
     if capath := os.environ.get("SSL_CERT_DIR"):
         return ssl.create_default_context(capath=capath)
     return ssl.create_default_context(cafile=certifi.where())
+
+
+def split_url(url: str) -> tuple[_Origin, str, str]:
+    """``url``'s origin (scheme, host, port), and its authority and path as httpx writes them.
+
+    As httpx: host in lower case (IDNA if need be), no default port, the path escaped.
+    """
+    parts = urlsplit(url)
+    default_port = _DEFAULT_PORTS.get(parts.scheme.encode())
+    if default_port is None or not parts.hostname:
+        raise UnsupportedProtocol(f"not an http:// or https:// URL: {url}")
+    hostname = parts.hostname
+    host = hostname if hostname.isascii() else hostname.encode("idna").decode("ascii")
+    port = parts.port or default_port
+    authority = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        authority = f"{authority}:{port}"
+    origin = (parts.scheme.encode(), host.encode(), port)
+    return origin, authority, quote(parts.path, safe=_PATH_SAFE)
+
+
+def own_transport(transport: httpx.BaseTransport | DeadlineTransport) -> DeadlineTransport | None:
+    """``transport`` if it is the adapter's own, not a subclass that handles requests its way."""
+    if (
+        isinstance(transport, DeadlineTransport)
+        and type(transport).handle_request is DeadlineTransport.handle_request
+    ):
+        return transport
+    return None
+
+
+def post(
+    transport: httpx.BaseTransport | DeadlineTransport,
+    url: str,
+    *,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> tuple[int, Mapping[str, str], bytes]:
+    """POST to ``url`` with ``headers`` (``host`` among them): status, headers and body.
+
+    The adapter's own transport gets the request written out here; any other goes through httpx.
+    """
+    direct = own_transport(transport)
+    if direct is None:
+        return through_httpx(transport, url, headers=headers, body=body, timeout=timeout)
+    origin, _, path = split_url(url)
+    query = urlsplit(url).query
+    target = f"{path or '/'}?{query}" if query else path or "/"
+    fields = [
+        b"POST " + target.encode("ascii") + b" HTTP/1.1",
+        *[name + b": " + value for name, value in headers],
+        b"Content-Length: %d" % len(body),
+    ]
+    message = _head(fields) + b"\r\n\r\n" + body
+    timeouts = {"connect": timeout, "read": timeout, "write": timeout}
+    head, content = direct.exchange(origin, message, keep_alive=True, timeouts=timeouts)
+    return head.status, head.by_name(), content
 
 
 def through_httpx(
@@ -376,15 +445,21 @@ def _encode(request: httpx.Request) -> tuple[bytes, bool]:
             chunked = True
         elif field == b"connection":
             connection.append(value)
-    head = b"\r\n".join(fields)
-    line_breaks = len(fields) - 1
-    if head.count(b"\r") != line_breaks or head.count(b"\n") != line_breaks:
-        raise LocalProtocolError("a line break inside the request line or a header")
+    head = _head(fields)
     body = request.read()
     if chunked:
         # A streamed body of unknown length: httpx announced it chunked. It goes as one chunk.
         body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
     return head + b"\r\n\r\n" + body, b"close" not in _connection_options(connection)
+
+
+def _head(fields: list[bytes]) -> bytes:
+    """The request line and header fields, joined; a line break inside any of them is refused."""
+    head = b"\r\n".join(fields)
+    line_breaks = len(fields) - 1
+    if head.count(b"\r") != line_breaks or head.count(b"\n") != line_breaks:
+        raise LocalProtocolError("a line break inside the request line or a header")
+    return head
 
 
 def _connection_options(values: list[bytes]) -> set[bytes]:
@@ -500,6 +575,14 @@ class _ResponseHead:
         self.keep_alive = b"close" not in options and (
             self.version == b"HTTP/1.1" or b"keep-alive" in options
         )
+
+    def by_name(self) -> dict[str, str]:
+        """The header fields by lower-case name, repeated ones joined with ", "."""
+        fields: dict[str, str] = {}
+        for name, value in self.fields:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        return fields
 
 
 def _read_response(reader: _Reader, *, head_request: bool) -> tuple[_ResponseHead, bytes, bool]:
