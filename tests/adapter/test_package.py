@@ -83,6 +83,22 @@ def test_importing_and_constructing_pulls_in_no_heavy_framework() -> None:
     assert loaded.stdout.strip() == "[]"
 
 
+def test_the_default_path_loads_no_http_library() -> None:
+    """httpx (and the standard library's HTTP client under it) load only for a user's transport."""
+    script = (
+        "import sys, lambda_adapter\n"
+        "store = lambda_adapter.GatewayPersistenceLayer(url='http://127.0.0.1:9', namespace='n')\n"
+        "config = lambda_adapter.IdempotencyConfig(event_key_jmespath='id')\n"
+        "lambda_adapter.idempotent(persistence_store=store, config=config)(lambda e, c: e)\n"
+        "heavy = {'httpx', 'httpcore', 'h11', 'urllib.request', 'http.client', 'email'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("error_class", "code"),
     [

@@ -7,12 +7,18 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
+from lambda_adapter import IdempotencyUnavailableError
+from lambda_adapter import _exceptions as failures
 from lambda_adapter._persistence import Claimed, GatewayPersistenceLayer, Invocation
-from lambda_adapter._transport import DeadlineTransport, call_deadline
+from lambda_adapter._sigv4 import AwsCredentials
+from lambda_adapter._sqs import QueueRef, SqsClient
+from lambda_adapter._transport import DeadlineTransport, call_deadline, default_ssl_context
 
 from .conftest import LoopbackServer, StallingServer
 
@@ -311,3 +317,106 @@ def test_the_store_writes_its_requests_as_httpx_would(key: str) -> None:
     direct, through_httpx = sent
     assert direct == through_httpx
     assert direct.startswith(b"POST /v1/records/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "http://Gateway.Internal:80/",
+        "https://gw.example:443/prod/",
+        "https://gw.example:8443/stage name/",
+        "http://[::1]:8080/x",
+        "http://bücher.example/",
+    ],
+)
+def test_the_store_reads_its_url_as_httpx_does(url: str) -> None:
+    store = GatewayPersistenceLayer(url=url, namespace="n", transport=httpx.MockTransport(ok))
+    reference = httpx.URL(url)
+    request = httpx.Request("POST", f"{store.url}/v1/records/n/")
+    assert store.url == str(reference).rstrip("/")
+    assert store._host_line == f"Host: {request.headers['host']}\r\n".encode()
+    assert store._records_path == request.url.raw_path
+    default_port = 443 if reference.scheme == "https" else 80
+    assert store._origin == (
+        reference.raw_scheme,
+        reference.raw_host,
+        reference.port or default_port,
+    )
+
+
+@pytest.mark.parametrize("variable", [None, "SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_https_trusts_what_httpx_trusts(
+    variable: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    if variable is not None:
+        monkeypatch.setenv(variable, str(bundle if variable == "SSL_CERT_FILE" else tmp_path))
+    ours, theirs = default_ssl_context(), httpx.create_ssl_context()
+    assert ours.get_ca_certs() == theirs.get_ca_certs()
+    assert (ours.verify_mode, ours.check_hostname) == (theirs.verify_mode, theirs.check_hostname)
+
+
+@pytest.mark.parametrize(
+    ("raised", "translated"),
+    [
+        (httpx.ConnectTimeout, failures.ConnectTimeout),
+        (httpx.ReadTimeout, failures.ReadTimeout),
+        (httpx.PoolTimeout, failures.TimeoutException),
+        (httpx.ConnectError, failures.ConnectError),
+        (httpx.RemoteProtocolError, failures.RemoteProtocolError),
+        (httpx.ProxyError, failures.TransportError),
+    ],
+)
+def test_a_user_transport_fails_as_the_adapter_transport_does(
+    raised: type[httpx.TransportError], translated: type[failures.TransportError]
+) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise raised("refused", request=request)
+
+    store = GatewayPersistenceLayer(
+        url="http://gateway.test",
+        namespace="n",
+        max_attempts=1,
+        transport=httpx.MockTransport(fail),
+    )
+    invocation = Invocation(None, reserve_ms=0, default_lease_ms=1000)
+    with pytest.raises(IdempotencyUnavailableError) as caught:
+        store.claim("k", fingerprint=None, lease_ms=1000, ttl_s=60, invocation=invocation)
+    cause = caught.value.__cause__
+    assert type(cause) is translated
+    assert isinstance(cause.__cause__, raised)
+    assert str(caught.value).endswith(f"{translated.__name__}: refused")
+
+
+def test_the_sqs_client_writes_its_requests_as_httpx_would() -> None:
+    answer = ok(b'{"MessageId":"m-1"}')
+    queue = QueueRef.from_arn("arn:aws:sqs:eu-west-1:123456789012:dead-letters")
+    credentials = AwsCredentials(access_key="AKIDEXAMPLE", secret_key="s", session_token="t")
+    with ScriptedServer(answer, answer) as server:
+        for transport in (None, _ThroughHttpx()):
+            client = SqsClient(
+                endpoint_url=server.url, credentials=credentials, transport=transport
+            )
+            message_id = client.send_message(
+                queue,
+                body="lost",
+                attributes={},
+                group_id=None,
+                deduplication_id="d-1",
+                invocation=Invocation(None, reserve_ms=0, default_lease_ms=1000),
+            )
+            assert message_id == "m-1"
+        sent = server.requests
+    # Signed a moment apart: the date and the signature may differ, nothing else.
+    timed = (b"x-amz-date:", b"authorization:")
+    direct, through_httpx = (
+        [line for line in request.split(b"\r\n") if not line.lower().startswith(timed)]
+        for request in sent
+    )
+    assert direct == through_httpx
+    assert direct[0] == b"POST / HTTP/1.1"
+    assert all(request.count(b"authorization: AWS4-HMAC-SHA256") == 1 for request in sent)

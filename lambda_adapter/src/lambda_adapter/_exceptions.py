@@ -20,11 +20,28 @@ Each carries ``code`` (stable, machine-readable), ``request_id`` (the invocation
 ``aws_request_id``) and ``gateway_request_id`` (the gateway's ``X-Request-Id``, when it answered).
 Errors from the HTTP library never escape: they are translated once, where calls are made, and
 chained as ``__cause__``.
+
+The adapter's own transport fails with the types below, named as httpx names its own, so the
+default path never loads httpx; a user's httpx transport has its errors translated into them at
+one boundary (``_transport.through_httpx``). They never reach users either: the store and the
+SQS client turn them into the errors above.
+
+TransportError                              a call that ended without a whole answer
+├── TimeoutException                        the call's time ran out
+│   ├── ConnectTimeout, WriteTimeout, ReadTimeout
+├── NetworkError                            the socket failed
+│   ├── ConnectError, WriteError, ReadError
+├── ProtocolError                           not HTTP/1.1 as the transport speaks it
+│   ├── LocalProtocolError                  a request it will not write (a line break in a header)
+│   └── RemoteProtocolError                 an answer it will not read
+└── UnsupportedProtocol                     not an http:// or https:// URL
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConnectError",
+    "ConnectTimeout",
     "IdempotencyAlreadyInProgressError",
     "IdempotencyError",
     "IdempotencyInconsistentStateError",
@@ -41,6 +58,17 @@ __all__ = [
     "IdempotencyResultNotStoredError",
     "IdempotencyUnavailableError",
     "IdempotencyValidationError",
+    "LocalProtocolError",
+    "NetworkError",
+    "ProtocolError",
+    "ReadError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "TimeoutException",
+    "TransportError",
+    "UnsupportedProtocol",
+    "WriteError",
+    "WriteTimeout",
 ]
 
 
@@ -153,3 +181,55 @@ class IdempotencyPersistenceConfigError(IdempotencyError):
 
 class IdempotencyPersistenceConsistencyError(IdempotencyError):
     """Never raised: kept for imports only."""
+
+
+class TransportError(Exception):
+    """A call through the adapter's transport that ended without a whole answer."""
+
+
+class TimeoutException(TransportError):
+    pass
+
+
+class ConnectTimeout(TimeoutException):
+    pass
+
+
+class WriteTimeout(TimeoutException):
+    pass
+
+
+class ReadTimeout(TimeoutException):
+    pass
+
+
+class NetworkError(TransportError):
+    pass
+
+
+class ConnectError(NetworkError):
+    pass
+
+
+class WriteError(NetworkError):
+    pass
+
+
+class ReadError(NetworkError):
+    pass
+
+
+class ProtocolError(TransportError):
+    pass
+
+
+class LocalProtocolError(ProtocolError):
+    pass
+
+
+class RemoteProtocolError(ProtocolError):
+    pass
+
+
+class UnsupportedProtocol(TransportError):
+    pass

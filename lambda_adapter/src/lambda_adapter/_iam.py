@@ -15,9 +15,7 @@ import datetime
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
-
-import httpx
+from collections.abc import Callable, Mapping, Sequence
 
 from ._sigv4 import AwsCredentials, sign_headers
 
@@ -83,10 +81,10 @@ class IamAuthorization:
             self._signed_at = now
         return self._header
 
-    def headers(self, base: httpx.Headers) -> httpx.Headers:
-        """``base`` with this identity's ``authorization``."""
-        headers = base.copy()
-        headers["authorization"] = self.header()
+    def headers(self, base: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``base`` (raw header fields) with this identity's ``authorization`` instead of any."""
+        headers = [field for field in base if field[0].lower() != b"authorization"]
+        headers.append((b"authorization", self.header().encode("ascii")))
         return headers
 
     def sign(self, now: float) -> str:

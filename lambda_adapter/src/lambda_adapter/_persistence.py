@@ -18,9 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._config import LambdaContext
 from ._exceptions import (
@@ -28,10 +26,23 @@ from ._exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyUnavailableError,
     IdempotencyValidationError,
+    TimeoutException,
+    TransportError,
+    UnsupportedProtocol,
 )
 from ._iam import IamAuthorization
 from ._incidents import Metric, emit_metric, log_incident
-from ._transport import DeadlineTransport, call_deadline
+from ._transport import (
+    DeadlineTransport,
+    call_deadline,
+    default_ssl_context,
+    own_transport,
+    split_url,
+    through_httpx,
+)
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Claimed",
@@ -171,7 +182,7 @@ class GatewayPersistenceLayer:
         reserve_ms: int = 500,
         max_call_ms: int = 3000,
         max_attempts: int = 3,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | DeadlineTransport | None = None,
         metrics_namespace: str | None = None,
         max_result_bytes: int = _DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
@@ -184,9 +195,13 @@ class GatewayPersistenceLayer:
         token = token or os.environ.get("IDEMGATE_TOKEN")
         if not url:
             raise ValueError("the gateway URL is missing: pass url= or set IDEMGATE_URL")
-        base = httpx.URL(url)
-        if base.scheme not in ("http", "https"):
-            raise ValueError(f"the gateway URL must be http or https, not {url!r}")
+        try:
+            origin, authority, path = split_url(url)
+        except UnsupportedProtocol:
+            raise ValueError(
+                f"the gateway URL must be http or https with a host, not {url!r}"
+            ) from None
+        scheme = origin[0].decode()
         if namespace is None or not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
                 f"namespace {namespace!r} must match {_NAMESPACE.pattern}: pass namespace= "
@@ -196,7 +211,7 @@ class GatewayPersistenceLayer:
             raise ValueError(
                 "reserve_ms must be >= 0, max_call_ms, max_attempts and max_result_bytes >= 1"
             )
-        self.url = str(base).rstrip("/")
+        self.url = f"{scheme}://{authority}{path}".rstrip("/")
         self.namespace = namespace
         self.reserve_ms = reserve_ms
         self.max_call_ms = max_call_ms
@@ -204,11 +219,10 @@ class GatewayPersistenceLayer:
         self.metrics_namespace = metrics_namespace
         self.max_result_bytes = max_result_bytes
         self._records_url = f"{self.url}/v1/records/{namespace}/"
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = [(b"content-type", b"application/json"), (b"accept", b"application/json")]
         if token:
-            headers["authorization"] = f"Bearer {token}"
-        # Built once: each request copies it instead of validating a dict again.
-        self._headers = httpx.Headers(headers)
+            headers.append((b"authorization", f"Bearer {token}".encode("ascii")))
+        self._headers = headers
         self._iam: IamAuthorization | None = None
         if auth == "iam":
             server_id = server_id or os.environ.get("IDEMGATE_AUTH_SERVER_ID") or ""
@@ -217,26 +231,15 @@ class GatewayPersistenceLayer:
             raise ValueError(f"auth must be 'token' or 'iam', not {auth!r}")
         if transport is None:
             # Plain-HTTP gateways (the usual in-VPC case) never pay for an SSL context.
-            ssl_context = httpx.create_ssl_context() if base.scheme == "https" else None
+            ssl_context = default_ssl_context() if scheme == "https" else None
             transport = DeadlineTransport(ssl_context=ssl_context)
         self._transport = transport
-        # The adapter's own transport, not a subclass that changes how requests are handled.
-        self._direct = (
-            transport
-            if isinstance(transport, DeadlineTransport)
-            and type(transport).handle_request is DeadlineTransport.handle_request
-            else None
-        )
+        self._direct = own_transport(transport)
         # What every request to the records API starts with, as httpx would write it; the
         # default transport then gets each request encoded, without building httpx objects.
-        template = httpx.Request("POST", self._records_url, headers=self._headers)
-        self._origin = (
-            base.raw_scheme,
-            base.raw_host,
-            base.port or (443 if base.raw_scheme == b"https" else 80),
-        )
-        self._host_line = b"Host: " + template.headers["host"].encode("ascii") + b"\r\n"
-        self._records_path = template.url.raw_path
+        self._origin = origin
+        self._host_line = b"Host: " + authority.encode() + b"\r\n"
+        self._records_path = split_url(self._records_url)[2].encode()
 
     def claim(
         self,
@@ -326,7 +329,7 @@ class GatewayPersistenceLayer:
         """
         url = f"{self._records_url}{key}/{action}"
         failure: str = "no time was left in the invocation's budget"
-        cause: httpx.TransportError | None = None
+        cause: TransportError | None = None
         gateway_request_id: str | None = None
         for attempt in range(self.max_attempts):
             if attempt:
@@ -339,9 +342,9 @@ class GatewayPersistenceLayer:
                 break
             try:
                 answer = self._send(url, body, timeout)
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 cause, failure, gateway_request_id = exc, f"{type(exc).__name__}: {exc}", None
-                if isinstance(exc, httpx.TimeoutException):
+                if isinstance(exc, TimeoutException):
                     emit_metric(
                         self.metrics_namespace, invocation.function_name, Metric.GATEWAY_TIMEOUT
                     )
@@ -376,32 +379,16 @@ class GatewayPersistenceLayer:
             key, _, action = url[len(self._records_url) :].rpartition("/")
             if transport is not None and _PLAIN_KEY.fullmatch(key) and _plain_headers(headers):
                 return self._exchange(transport, f"{key}/{action}", headers, body, timeout)
-            request = httpx.Request(
-                "POST",
-                url,
-                content=body,
-                headers=headers,
-                extensions={
-                    "timeout": {
-                        "connect": timeout,
-                        "read": timeout,
-                        "write": timeout,
-                        "pool": timeout,
-                    }
-                },
+            status, fields, content = through_httpx(
+                self._transport, url, headers=headers, body=body, timeout=timeout
             )
-            response = self._transport.handle_request(request)
-            try:
-                content = response.read()
-            finally:
-                response.close()
-        return _Answer(response.status_code, _json_object(content), response.headers)
+        return _Answer(status, _json_object(content), fields)
 
     def _exchange(
         self,
         transport: DeadlineTransport,
         raw_path: str,
-        headers: httpx.Headers,
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeout: float,
     ) -> _Answer:
@@ -410,7 +397,7 @@ class GatewayPersistenceLayer:
             [
                 b"POST %s%s HTTP/1.1\r\n" % (self._records_path, raw_path.encode("ascii")),
                 self._host_line,
-                *[name + b": " + value + b"\r\n" for name, value in headers.raw],
+                *[name + b": " + value + b"\r\n" for name, value in headers],
                 b"Content-Length: %d\r\n\r\n" % len(body),
                 body,
             ]
@@ -419,16 +406,12 @@ class GatewayPersistenceLayer:
         head, content = transport.exchange(
             self._origin, message, keep_alive=True, timeouts=timeouts
         )
-        fields: dict[str, str] = {}
-        for name, value in head.fields:
-            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        return _Answer(head.status, _json_object(content), fields)
+        return _Answer(head.status, _json_object(content), head.by_name())
 
 
-def _plain_headers(headers: httpx.Headers) -> bool:
+def _plain_headers(headers: list[tuple[bytes, bytes]]) -> bool:
     """No line break in any field (the transport refuses those: it stays the one to say so)."""
-    return not any(b"\r" in value or b"\n" in value for _, value in headers.raw)
+    return not any(b"\r" in value or b"\n" in value for _, value in headers)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:

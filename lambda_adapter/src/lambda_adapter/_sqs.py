@@ -16,13 +16,15 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from ._exceptions import TransportError
 from ._persistence import Invocation
 from ._sigv4 import AwsCredentials, sign_headers
-from ._transport import DeadlineTransport, call_deadline
+from ._transport import DeadlineTransport, call_deadline, post
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["QueueRef", "SqsCallError", "SqsClient"]
 
@@ -68,7 +70,7 @@ class SqsClient:
         endpoint_url: str | None = None,
         credentials: AwsCredentials | None = None,
         max_call_ms: int = 3000,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | DeadlineTransport | None = None,
     ) -> None:
         self._endpoint_url = (
             endpoint_url
@@ -149,23 +151,13 @@ class SqsClient:
             region=queue.region,
             service="sqs",
         )
-        http_request = httpx.Request(
-            "POST",
-            url,
-            content=body,
-            headers=headers,
-            extensions={
-                "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-            },
-        )
+        fields = [(name.encode(), value.encode()) for name, value in headers.items()]
         try:
             with call_deadline(time.monotonic() + timeout):
-                response = self._transport.handle_request(http_request)
-                try:
-                    content = response.read()
-                finally:
-                    response.close()
-        except httpx.HTTPError as exc:
+                status, _, content = post(
+                    self._transport, url, headers=fields, body=body, timeout=timeout
+                )
+        except TransportError as exc:
             raise SqsCallError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
         try:
             answer = json.loads(content) if content else {}
@@ -173,8 +165,8 @@ class SqsClient:
             answer = {"message": content[:200].decode(errors="replace")}
         if not isinstance(answer, dict):
             answer = {}
-        if response.status_code != 200:
-            kind = str(answer.get("__type") or f"HTTP {response.status_code}").rpartition("#")[2]
+        if status != 200:
+            kind = str(answer.get("__type") or f"HTTP {status}").rpartition("#")[2]
             message = answer.get("message") or answer.get("Message") or ""
             raise SqsCallError(f"SQS refused {action}: {kind}: {message}".rstrip(": "))
         return answer

@@ -1,4 +1,4 @@
-"""An httpx transport that speaks HTTP/1.1 itself, and whose calls end at a wall-clock deadline.
+"""A transport that speaks HTTP/1.1 itself, and whose calls end at a wall-clock deadline.
 
 Why not httpx's own transport: a gateway call through httpcore and h11 cost about 0.6 ms of CPU
 (some 1,500 Python function calls: connection-pool bookkeeping, h11's state machine, tracing
@@ -6,9 +6,11 @@ hooks), where a plain socket client needs about 0.1 ms. The adapter makes two su
 invocation, inside the function's own time, so that difference was most of the adapter's CPU
 cost. The gateway's answers are small JSON bodies over keep-alive connections, which takes little
 HTTP: one ``sendall`` per request and a small strict parser for the answer, some 150 function
-calls in all. httpx stays the adapter's HTTP library at its interface: requests are
-``httpx.Request``, answers ``httpx.Response``, failures httpx's exceptions, and any
-``httpx.BaseTransport`` can stand in for this one.
+calls in all. httpx stays the adapter's HTTP library at its interface, without being loaded
+on the default path: ``exchange`` takes and returns bytes and fails with the adapter's own
+``TransportError`` types, while ``handle_request`` makes this an httpx transport (requests
+``httpx.Request``, answers ``httpx.Response``, failures httpx's exceptions), and any
+``httpx.BaseTransport`` can stand in for this one (``through_httpx``).
 
 Why a deadline: httpx's timeouts are per phase and per socket operation, so a server that
 trickles one byte every second never trips a one-second read timeout. Here every blocking socket
@@ -19,6 +21,7 @@ a watchdog thread.
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import socket
@@ -28,13 +31,39 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
 
-import httpx
+from . import _exceptions
+from ._exceptions import (
+    ConnectError,
+    ConnectTimeout,
+    LocalProtocolError,
+    NetworkError,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    TimeoutException,
+    TransportError,
+    UnsupportedProtocol,
+    WriteError,
+    WriteTimeout,
+)
 
 if TYPE_CHECKING:
     import ssl
+    from types import TracebackType
 
-__all__ = ["DeadlineTransport", "call_deadline"]
+    import httpx
+
+__all__ = [
+    "DeadlineTransport",
+    "call_deadline",
+    "default_ssl_context",
+    "own_transport",
+    "post",
+    "split_url",
+    "through_httpx",
+]
 
 _deadline: ContextVar[float | None] = ContextVar("idemgate_call_deadline", default=None)
 
@@ -45,6 +74,8 @@ _MAX_IDLE_PER_ORIGIN = 16
 # drop its packets without a word, and a request sent on it would wait out the call's timeout.
 _IDLE_EXPIRY_S = 30.0
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
+# What httpx leaves unescaped in a URL path.
+_PATH_SAFE = "/:@!$&'()*+,;=%-._~"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _HTTP_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -54,10 +85,10 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 _Origin = tuple[bytes, bytes, int]
 # What a failed socket operation becomes, by phase: (on timeout, on any other error).
-_Phase = tuple[type[httpx.TimeoutException], type[httpx.NetworkError]]
-_CONNECT: _Phase = (httpx.ConnectTimeout, httpx.ConnectError)
-_WRITE: _Phase = (httpx.WriteTimeout, httpx.WriteError)
-_READ: _Phase = (httpx.ReadTimeout, httpx.ReadError)
+_Phase = tuple[type[TimeoutException], type[NetworkError]]
+_CONNECT: _Phase = (ConnectTimeout, ConnectError)
+_WRITE: _Phase = (WriteTimeout, WriteError)
+_READ: _Phase = (ReadTimeout, ReadError)
 
 
 @contextmanager
@@ -70,7 +101,120 @@ def call_deadline(deadline: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def _bounded(timeout: float | None, expired: type[httpx.TimeoutException]) -> float | None:
+def default_ssl_context() -> ssl.SSLContext:
+    """The trust httpx would use: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` if set, else certifi's.
+
+    certifi comes with httpx. Built only for HTTPS gateways: plain-HTTP ones never load ``ssl``.
+    """
+    import ssl
+
+    import certifi
+
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def split_url(url: str) -> tuple[_Origin, str, str]:
+    """``url``'s origin (scheme, host, port), and its authority and path as httpx writes them.
+
+    As httpx: host in lower case (IDNA if need be), no default port, the path escaped.
+    """
+    parts = urlsplit(url)
+    default_port = _DEFAULT_PORTS.get(parts.scheme.encode())
+    if default_port is None or not parts.hostname:
+        raise UnsupportedProtocol(f"not an http:// or https:// URL: {url}")
+    hostname = parts.hostname
+    host = hostname if hostname.isascii() else hostname.encode("idna").decode("ascii")
+    port = parts.port or default_port
+    authority = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        authority = f"{authority}:{port}"
+    origin = (parts.scheme.encode(), host.encode(), port)
+    return origin, authority, quote(parts.path, safe=_PATH_SAFE)
+
+
+def own_transport(transport: httpx.BaseTransport | DeadlineTransport) -> DeadlineTransport | None:
+    """``transport`` if it is the adapter's own, not a subclass that handles requests its way."""
+    if (
+        isinstance(transport, DeadlineTransport)
+        and type(transport).handle_request is DeadlineTransport.handle_request
+    ):
+        return transport
+    return None
+
+
+def post(
+    transport: httpx.BaseTransport | DeadlineTransport,
+    url: str,
+    *,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> tuple[int, Mapping[str, str], bytes]:
+    """POST to ``url`` with ``headers`` (``host`` among them): status, headers and body.
+
+    The adapter's own transport gets the request written out here; any other goes through httpx.
+    """
+    direct = own_transport(transport)
+    if direct is None:
+        return through_httpx(transport, url, headers=headers, body=body, timeout=timeout)
+    origin, _, path = split_url(url)
+    query = urlsplit(url).query
+    target = f"{path or '/'}?{query}" if query else path or "/"
+    fields = [
+        b"POST " + target.encode("ascii") + b" HTTP/1.1",
+        *[name + b": " + value for name, value in headers],
+        b"Content-Length: %d" % len(body),
+    ]
+    message = _head(fields) + b"\r\n\r\n" + body
+    timeouts = {"connect": timeout, "read": timeout, "write": timeout}
+    head, content = direct.exchange(origin, message, keep_alive=True, timeouts=timeouts)
+    return head.status, head.by_name(), content
+
+
+def through_httpx(
+    transport: httpx.BaseTransport | DeadlineTransport,
+    url: str,
+    *,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> tuple[int, Mapping[str, str], bytes]:
+    """POST through any httpx transport: status, headers (any case) and body.
+
+    The one place httpx's errors become the adapter's (the nearest type by name).
+    """
+    import httpx
+
+    request = httpx.Request(
+        "POST",
+        url,
+        content=body,
+        headers=headers,
+        extensions={
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        },
+    )
+    try:
+        response = transport.handle_request(request)
+        try:
+            content = response.read()
+        finally:
+            response.close()
+    except httpx.HTTPError as exc:
+        names = [kind.__name__ for kind in type(exc).__mro__]
+        failure = next(
+            (getattr(_exceptions, name) for name in names if name in _exceptions.__all__),
+            TransportError,
+        )
+        raise failure(str(exc)) from exc
+    return response.status_code, response.headers, content
+
+
+def _bounded(timeout: float | None, expired: type[TimeoutException]) -> float | None:
     deadline = _deadline.get()
     if deadline is None:
         return timeout
@@ -84,13 +228,13 @@ class _Unanswered(Exception):
     """The connection closed before a byte of the response arrived."""
 
 
-class DeadlineTransport(httpx.BaseTransport):
+class DeadlineTransport:
     """HTTP/1.1 over keep-alive sockets, every socket wait bounded by the call's deadline.
 
     Timeouts come from the request's ``timeout`` extension (``connect``, ``read``, ``write``;
     ``pool`` has nothing to bound: a call never waits for a connection). Idle connections are
     kept per origin (at most 16, for 30 s) and reused newest first. HTTPS gateways use
-    ``ssl_context``, or httpx's default one, built at the first HTTPS connection.
+    ``ssl_context``, or ``default_ssl_context()``, built at the first HTTPS connection.
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
@@ -100,20 +244,38 @@ class DeadlineTransport(httpx.BaseTransport):
         # connection leaves the oldest to expire.
         self._idle: dict[_Origin, list[tuple[float, socket.socket]]] = {}
 
+    def __enter__(self) -> DeadlineTransport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self.close()
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """The ``httpx.BaseTransport`` method: this transport under an ``httpx.Client``."""
+        import httpx
+
         url = request.url
         scheme, host = url.raw_scheme, url.raw_host
-        if scheme not in _DEFAULT_PORTS or not host:
-            raise httpx.UnsupportedProtocol(f"not an http:// or https:// URL: {url}")
-        origin = (scheme, host, url.port or _DEFAULT_PORTS[scheme])
-        message, keep_alive = _encode(request)
-        head, body = self.exchange(
-            origin,
-            message,
-            keep_alive=keep_alive,
-            timeouts=request.extensions.get("timeout", {}),
-            head_request=request.method == "HEAD",
-        )
+        try:
+            if scheme not in _DEFAULT_PORTS or not host:
+                raise UnsupportedProtocol(f"not an http:// or https:// URL: {url}")
+            origin = (scheme, host, url.port or _DEFAULT_PORTS[scheme])
+            message, keep_alive = _encode(request)
+            head, body = self.exchange(
+                origin,
+                message,
+                keep_alive=keep_alive,
+                timeouts=request.extensions.get("timeout", {}),
+                head_request=request.method == "HEAD",
+            )
+        except TransportError as exc:
+            # Under httpx, httpx's own exception types: each of ours is named after one.
+            raise getattr(httpx, type(exc).__name__)(str(exc)) from exc
         # A stream, not content=: httpx would add a Content-Length the server did not send.
         return httpx.Response(
             head.status,
@@ -176,7 +338,7 @@ class DeadlineTransport(httpx.BaseTransport):
             if sock is None:
                 sock = self._connect(origin, timeouts.get("connect"))
             phase = _WRITE
-            sock.settimeout(_bounded(timeouts.get("write"), httpx.WriteTimeout))
+            sock.settimeout(_bounded(timeouts.get("write"), WriteTimeout))
             sock.sendall(message)
             phase = _READ
             reader = _Reader(sock, timeouts.get("read"))
@@ -190,7 +352,7 @@ class DeadlineTransport(httpx.BaseTransport):
                 # connection as it was taken, and never read the request.
                 raise _Unanswered from exc
             if isinstance(exc, _Unanswered):
-                raise httpx.RemoteProtocolError(
+                raise RemoteProtocolError(
                     "the server closed the connection without answering"
                 ) from exc
             if isinstance(exc, OSError):
@@ -214,13 +376,13 @@ class DeadlineTransport(httpx.BaseTransport):
             sock = socket.socket(family, kind, protocol)
             try:
                 # Bounded again for each address, so a dead first one cannot use up the call.
-                sock.settimeout(_bounded(timeout, httpx.ConnectTimeout))
+                sock.settimeout(_bounded(timeout, ConnectTimeout))
                 sock.connect(address)
                 # The request leaves in one segment; Nagle would hold it for the previous ACK.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if scheme == b"https":
                     if self._ssl_context is None:
-                        self._ssl_context = httpx.create_ssl_context()
+                        self._ssl_context = default_ssl_context()
                     # The handshake runs under the connect timeout set above.
                     return self._ssl_context.wrap_socket(sock, server_hostname=host)
             except OSError as exc:
@@ -283,15 +445,21 @@ def _encode(request: httpx.Request) -> tuple[bytes, bool]:
             chunked = True
         elif field == b"connection":
             connection.append(value)
-    head = b"\r\n".join(fields)
-    line_breaks = len(fields) - 1
-    if head.count(b"\r") != line_breaks or head.count(b"\n") != line_breaks:
-        raise httpx.LocalProtocolError("a line break inside the request line or a header")
+    head = _head(fields)
     body = request.read()
     if chunked:
         # A streamed body of unknown length: httpx announced it chunked. It goes as one chunk.
         body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
     return head + b"\r\n\r\n" + body, b"close" not in _connection_options(connection)
+
+
+def _head(fields: list[bytes]) -> bytes:
+    """The request line and header fields, joined; a line break inside any of them is refused."""
+    head = b"\r\n".join(fields)
+    line_breaks = len(fields) - 1
+    if head.count(b"\r") != line_breaks or head.count(b"\n") != line_breaks:
+        raise LocalProtocolError("a line break inside the request line or a header")
+    return head
 
 
 def _connection_options(values: list[bytes]) -> set[bytes]:
@@ -311,7 +479,7 @@ class _Reader:
 
     def receive(self) -> bool:
         """Append what arrives next to ``buffer``; False when the server closed the connection."""
-        self._sock.settimeout(_bounded(self._timeout, httpx.ReadTimeout))
+        self._sock.settimeout(_bounded(self._timeout, ReadTimeout))
         data = self._sock.recv(_RECEIVE_SIZE)
         if not data:
             return False
@@ -327,9 +495,9 @@ class _Reader:
             if not self.receive():
                 if not self.received:
                     raise _Unanswered
-                raise httpx.RemoteProtocolError("the server closed the connection mid-response")
+                raise RemoteProtocolError("the server closed the connection mid-response")
         if not 0 <= end <= _MAX_HEAD_BYTES:
-            raise httpx.RemoteProtocolError(f"no {delimiter!r} in {_MAX_HEAD_BYTES} bytes")
+            raise RemoteProtocolError(f"no {delimiter!r} in {_MAX_HEAD_BYTES} bytes")
         data = bytes(self.buffer[:end])
         del self.buffer[: end + len(delimiter)]
         return data
@@ -337,7 +505,7 @@ class _Reader:
     def exactly(self, size: int) -> bytes:
         while len(self.buffer) < size:
             if not self.receive():
-                raise httpx.RemoteProtocolError("the server closed the connection mid-body")
+                raise RemoteProtocolError("the server closed the connection mid-body")
         data = bytes(self.buffer[:size])
         del self.buffer[:size]
         return data
@@ -354,13 +522,13 @@ class _Reader:
         while True:
             size_text = self.until(b"\r\n").partition(b";")[0].strip(b" \t")
             if not _CHUNK_SIZE.fullmatch(size_text):
-                raise httpx.RemoteProtocolError(f"malformed chunk size {size_text[:32]!r}")
+                raise RemoteProtocolError(f"malformed chunk size {size_text[:32]!r}")
             size = int(size_text, 16)
             if size == 0:
                 break
             body += self.exactly(size)
             if self.exactly(2) != b"\r\n":
-                raise httpx.RemoteProtocolError("a chunk does not end with CRLF")
+                raise RemoteProtocolError("a chunk does not end with CRLF")
         while self.until(b"\r\n"):
             pass  # trailer fields: nothing here reads them
         return bytes(body)
@@ -375,11 +543,11 @@ class _ResponseHead:
         lines = head.split(b"\r\n")
         line_breaks = len(lines) - 1
         if head.count(b"\r") != line_breaks or head.count(b"\n") != line_breaks:
-            raise httpx.RemoteProtocolError("a bare CR or LF in the response head")
+            raise RemoteProtocolError("a bare CR or LF in the response head")
         self.version, _, rest = lines[0].partition(b" ")
         status, _, self.reason = rest.partition(b" ")
         if self.version not in _HTTP_VERSIONS or len(status) != 3 or not status.isdigit():
-            raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:100]!r}")
+            raise RemoteProtocolError(f"malformed status line {lines[0][:100]!r}")
         self.status = int(status)
         self.fields: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
@@ -388,17 +556,17 @@ class _ResponseHead:
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.fullmatch(name):
-                raise httpx.RemoteProtocolError(f"malformed header line {line[:100]!r}")
+                raise RemoteProtocolError(f"malformed header line {line[:100]!r}")
             value = value.strip(b" \t")
             self.fields.append((name, value))
             field = name.lower()
             if field == b"content-length":
                 if not _LENGTH.fullmatch(value) or self.content_length not in (None, int(value)):
-                    raise httpx.RemoteProtocolError(f"invalid Content-Length {value[:32]!r}")
+                    raise RemoteProtocolError(f"invalid Content-Length {value[:32]!r}")
                 self.content_length = int(value)
             elif field == b"transfer-encoding":
                 if self.chunked or value.lower() != b"chunked":
-                    raise httpx.RemoteProtocolError(f"unsupported Transfer-Encoding {value[:32]!r}")
+                    raise RemoteProtocolError(f"unsupported Transfer-Encoding {value[:32]!r}")
                 self.chunked = True
             elif field == b"connection":
                 connection.append(value)
@@ -407,6 +575,14 @@ class _ResponseHead:
         self.keep_alive = b"close" not in options and (
             self.version == b"HTTP/1.1" or b"keep-alive" in options
         )
+
+    def by_name(self) -> dict[str, str]:
+        """The header fields by lower-case name, repeated ones joined with ", "."""
+        fields: dict[str, str] = {}
+        for name, value in self.fields:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        return fields
 
 
 def _read_response(reader: _Reader, *, head_request: bool) -> tuple[_ResponseHead, bytes, bool]:
@@ -420,7 +596,7 @@ def _read_response(reader: _Reader, *, head_request: bool) -> tuple[_ResponseHea
     elif head.chunked:
         if head.content_length is not None:
             # Two framings for one body is how requests get smuggled: trust neither.
-            raise httpx.RemoteProtocolError("both Content-Length and Transfer-Encoding")
+            raise RemoteProtocolError("both Content-Length and Transfer-Encoding")
         body = reader.chunked()
     elif head.content_length is not None:
         body = reader.exactly(head.content_length)
