@@ -359,9 +359,12 @@ class _TurnBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             "request_id": current_request_id(),
             **fields,
         }
+        text = orjson.dumps(line, default=str).decode() + self.terminator
         with self.lock:  # type: ignore[union-attr]
-            text = orjson.dumps(line, default=str).decode() + self.terminator
-            self._queue(text, asyncio.get_running_loop())
+            if self._pending:
+                self._pending.append(text)
+            else:  # the turn's first line: on Python 3.11 each loop look-up is a system call
+                self._queue(text, asyncio.get_running_loop())
 
     def _flush_pending(self) -> None:
         with self.lock:  # type: ignore[union-attr]

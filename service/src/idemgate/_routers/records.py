@@ -224,7 +224,8 @@ async def _read_body(request: Request, model: type[_Body]) -> _Body:
         raise InvalidRequestError.from_errors(exc.errors(), prefix=("body",)) from exc
 
 
-_PATH_PATTERNS = {"namespace": re.compile(NAMESPACE_PATTERN), "key": re.compile(KEY_PATTERN)}
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+_KEY = re.compile(KEY_PATTERN)
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
@@ -240,14 +241,19 @@ class RecordRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             params = request.path_params
-            errors = [
-                {"loc": ("path", name), "msg": f"String should match pattern '{pattern.pattern}'"}
-                for name, pattern in _PATH_PATTERNS.items()
-                if not pattern.fullmatch(params[name])
-            ]
-            if errors:
-                raise InvalidRequestError.from_errors(errors)
-            arguments = {"namespace": params["namespace"], "key": params["key"]}
+            namespace, key = params["namespace"], params["key"]
+            if not (_NAMESPACE.fullmatch(namespace) and _KEY.fullmatch(key)):
+                raise InvalidRequestError.from_errors(
+                    [
+                        {"loc": ("path", name), "msg": f"String should match pattern '{pattern}'"}
+                        for name, value, pattern in (
+                            ("namespace", namespace, NAMESPACE_PATTERN),
+                            ("key", key, KEY_PATTERN),
+                        )
+                        if not re.fullmatch(pattern, value)
+                    ]
+                )
+            arguments = {"namespace": namespace, "key": key}
             if body_model is not None:
                 arguments["body"] = await _read_body(request, body_model)
             response: Response = await endpoint(request, **arguments)
@@ -389,9 +395,10 @@ async def claim(
             lease_token=body.lease_token,
         )
     record = answer.record
+    state = request.state
     if answer.claimed:
-        request.state.outcome = "claimed"
-        request.state.attempt = record.attempt
+        state.outcome = "claimed"
+        state.attempt = record.attempt
         return _json(
             {
                 "outcome": "claimed",
@@ -401,7 +408,7 @@ async def claim(
             },
             201,
         )
-    request.state.outcome = "replayed"
+    state.outcome = "replayed"
     replay = {**_completed(record), "result": orjson.Fragment(record.result or "null")}
     return _json(replay, 200, **{"Idempotent-Replayed": "true"})
 
@@ -594,9 +601,15 @@ class RecordsLane:
             return None
         # "/v1/records/{namespace}/{key}[/{action}]" splits into "", "v1", "records", ...
         names = scope["path"].split("/")
-        if len(names) not in (5, 6) or names[:3] != _LANE_PREFIX or not all(names[3:]):
+        if len(names) == 5:
+            action = ""
+        elif len(names) == 6 and names[5]:
+            action = "/" + names[5]
+        else:
             return None
-        found = self._routes.get((scope["method"], "/".join(["", *names[5:]])))
+        if names[:3] != _LANE_PREFIX or not (names[3] and names[4]):
+            return None
+        found = self._routes.get((scope["method"], action))
         return None if found is None else (*found, names[3], names[4])
 
 
