@@ -1,13 +1,13 @@
 """A transport that speaks HTTP/1.1 itself, and whose calls end at a wall-clock deadline.
 
-Why not httpx's own transport: a gateway call through httpcore and h11 cost about 0.6 ms of CPU
-(some 1,500 Python function calls: connection-pool bookkeeping, h11's state machine, tracing
-hooks), where a plain socket client needs about 0.1 ms. The adapter makes two such calls per
-invocation, inside the function's own time, so that difference was most of the adapter's CPU
-cost. The gateway's answers are small JSON bodies over keep-alive connections, which takes little
-HTTP: one ``sendall`` per request and a small strict parser for the answer, some 150 function
-calls in all. httpx stays the adapter's HTTP library at its interface, without being loaded
-on the default path: ``exchange`` takes and returns bytes and fails with the adapter's own
+Why not httpx's own transport: a gateway call through httpcore and h11 runs many times the
+Python function calls a plain socket client needs (connection-pool bookkeeping, h11's state
+machine, tracing hooks), and the adapter makes two such calls per invocation, inside the
+function's own time: that difference was most of the adapter's CPU cost (figures in
+docs/performance.md). The gateway's answers are small JSON bodies over keep-alive connections,
+which takes little HTTP: one ``sendall`` per request and a small strict parser for the answer.
+httpx stays the adapter's HTTP library at its interface, without being loaded on the default
+path: ``exchange`` takes and returns bytes and fails with the adapter's own
 ``TransportError`` types, while ``handle_request`` makes this an httpx transport (requests
 ``httpx.Request``, answers ``httpx.Response``, failures httpx's exceptions), and any
 ``httpx.BaseTransport`` can stand in for this one (``through_httpx``).
