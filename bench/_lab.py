@@ -55,7 +55,6 @@ class Lab:
     def __init__(self, work_dir: Path, stack: contextlib.ExitStack) -> None:
         self.work_dir = work_dir
         self.gateway_log = work_dir / "gateways.log"
-        self.commands: list[str] = []  # every load-generator command line, for the report
         os.environ.update(AWS_ENV)
         self.dynamodb = stack.enter_context(DynamoDBLocal())
         self.gateway_table = self.create_gateway_table(GATEWAY_TABLE)

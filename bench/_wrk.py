@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import shlex
 import shutil
 import statistics
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from bench._lab import Lab
 
 __all__ = [
     "WrkResult",
@@ -62,7 +59,6 @@ class WrkResult:
 
 
 def run_wrk(
-    lab: Lab,
     url: str,
     script: str,
     *,
@@ -88,7 +84,6 @@ def run_wrk(
         str(namespace_count),
         *extra_args,
     ]
-    lab.commands.append(f"(cd bench/lua && {shlex.join(['wrk', *command[1:]])})")
     done = subprocess.run(
         command, cwd=LUA_DIR, capture_output=True, text=True, check=True, timeout=duration_s + 60
     )
@@ -114,9 +109,8 @@ class WrkTarget:
     namespace_prefix: str = "bench-"
     namespace_count: int = 1
 
-    def run(self, lab: Lab, seconds: float) -> WrkResult:
+    def run(self, seconds: float) -> WrkResult:
         return run_wrk(
-            lab,
             self.url,
             self.script,
             connections=1,
@@ -139,9 +133,7 @@ def in_turns_method(seconds: float) -> str:
     )
 
 
-def run_wrk_in_turns(
-    lab: Lab, targets: Mapping[str, WrkTarget], *, seconds: float
-) -> dict[str, WrkResult]:
+def run_wrk_in_turns(targets: Mapping[str, WrkTarget], *, seconds: float) -> dict[str, WrkResult]:
     """Each target at 1 connection for about ``seconds`` in all, in turns, after a warm-up.
 
     Taking turns lets drift on the box (DynamoDB Local's JVM, the other processes) hit every
@@ -149,11 +141,11 @@ def run_wrk_in_turns(
     A target that answered with errors fails the run: its latencies would time failures.
     """
     for target in targets.values():
-        target.run(lab, 1)
+        target.run(1)
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
     for _ in range(ROUNDS):
         for name, target in targets.items():
-            result = target.run(lab, _round_s(seconds))
+            result = target.run(_round_s(seconds))
             if result.errors:
                 raise WrkErrorsError(f"{name}: {result.errors} of {result.requests} failed")
             runs[name].append(result)

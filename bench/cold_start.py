@@ -11,7 +11,6 @@ a 128 MB function's share of a core (``bench._quota``).
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -68,10 +67,9 @@ def _uv() -> str:
     return shutil.which("uv") or ".tools/bin/uv"
 
 
-def _uv_run(lab: Lab, arguments: Sequence[str]) -> None:
+def _uv_run(arguments: Sequence[str]) -> None:
     """A uv command, from uv's cache when it holds everything, else from the index."""
     command = [_uv(), *arguments]
-    lab.commands.append(shlex.join(["uv", *arguments]))
     offline = subprocess.run([*command, "--offline"], check=False, capture_output=True)
     if offline.returncode:
         subprocess.run(command, check=True, capture_output=True)
@@ -82,9 +80,8 @@ def _environments(lab: Lab) -> dict[str, Path]:
     root = lab.work_dir / "cold-start"
     dist = root / "dist"
     constraints = root / "uv-lock-constraints.txt"
-    _uv_run(lab, ["build", "--quiet", "--wheel", "--package", "idemgate-lambda", "-o", str(dist)])
+    _uv_run(["build", "--quiet", "--wheel", "--package", "idemgate-lambda", "-o", str(dist)])
     _uv_run(
-        lab,
         [
             "export", "--quiet", "--locked", "--all-packages", "--all-groups",
             "--no-emit-workspace", "--no-hashes", "--no-annotate", "--no-header",
@@ -96,11 +93,11 @@ def _environments(lab: Lab) -> dict[str, Path]:
     pythons = {}
     for name, requirements in packages.items():
         venv = root / name
-        _uv_run(lab, ["venv", "--quiet", "--python", sys.executable, str(venv)])
+        _uv_run(["venv", "--quiet", "--python", sys.executable, str(venv)])
         python = venv / "bin" / "python"
         if requirements:
             install = ["pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
-            _uv_run(lab, [*install, "-c", str(constraints), *requirements])
+            _uv_run([*install, "-c", str(constraints), *requirements])
         pythons[name] = python
     return pythons
 
@@ -141,15 +138,10 @@ def _layer_size() -> tuple[int, int]:
 
 def run(lab: Lab, *, repeats: int) -> Section:
     zipped, unzipped = _layer_size()
-    lab.commands.append("make layer")
     pythons = _environments(lab)
     cases = {name: _Case(pythons[where], code) for name, (where, code) in CASES.items()}
     cwd = lab.work_dir / "cold-start"  # not the repository: its folders would shadow packages
     samples = _take_turns(cases, repeats, cwd)
-    for case in cases.values():
-        lab.commands.append(
-            shlex.join([f"{case.python.parent.parent.name}/bin/python", "-c", case.code])
-        )
     quota_repeats = max(2, repeats // QUOTA_REPEATS_DIVISOR)
     with cpu_share() as share:
         quota_samples = _take_turns({name: cases[name] for name in QUOTA_CASES}, quota_repeats, cwd)

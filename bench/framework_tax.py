@@ -66,7 +66,7 @@ def _measure(lab: Lab, servers: dict[str, Served], *, seconds: float) -> dict[st
     for name, served in servers.items():
         # At least 1 s, and until it answers: a cold DynamoDB Local can take longer at first.
         for _ in range(WARMUP_TRIES):
-            if run_wrk(lab, served.url, "claims", connections=CONNECTIONS, duration_s=1).requests:
+            if run_wrk(served.url, "claims", connections=CONNECTIONS, duration_s=1).requests:
                 break
         else:
             raise WrkErrorsError(f"{name} answered nothing in {WARMUP_TRIES} s of warm-up")
@@ -75,7 +75,7 @@ def _measure(lab: Lab, servers: dict[str, Served], *, seconds: float) -> dict[st
     for _ in range(ROUNDS):
         for name, served in servers.items():
             before = process_cpu_s(served.pid)
-            result = run_wrk(lab, served.url, "claims", connections=CONNECTIONS, duration_s=round_s)
+            result = run_wrk(served.url, "claims", connections=CONNECTIONS, duration_s=round_s)
             cpu_s = process_cpu_s(served.pid) - before
             if result.errors:
                 raise WrkErrorsError(f"{name}: {result.errors} of {result.requests} failed")

@@ -87,7 +87,6 @@ def run(lab: Lab, *, calls: int, warmup: int, wrk_seconds: float) -> Section:
             warmup=warmup,
         )
         wrk = run_wrk_in_turns(
-            lab,
             {
                 GATEWAY: WrkTarget(on_dynamodb.url, "claims"),
                 "gateway (SQLite)": WrkTarget(on_sqlite.url, "claims"),

@@ -129,7 +129,7 @@ def _latencies(lab: Lab, url: str, seconds: float, *, put_item: bool) -> dict[st
             (SCALE_TABLE,),
             namespace_prefix=NAMESPACE_PREFIX,
         )
-    return run_wrk_in_turns(lab, claims, seconds=seconds)
+    return run_wrk_in_turns(claims, seconds=seconds)
 
 
 def _rows_and_targets(

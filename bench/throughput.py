@@ -54,11 +54,11 @@ def _gateway_runs(
 ) -> dict[tuple[int, str], WrkResult]:
     results = {}
     with lab.gateway(storage, workers=workers) as gateway:
-        run_wrk(lab, gateway.url, "claims", connections=16, duration_s=1)  # warm-up
+        run_wrk(gateway.url, "claims", connections=16, duration_s=1)  # warm-up
         for count in connections:
             for script in ("claims", "pairs"):
                 results[count, script] = run_wrk(
-                    lab, gateway.url, script, connections=count, duration_s=seconds
+                    gateway.url, script, connections=count, duration_s=seconds
                 )
     return results
 
