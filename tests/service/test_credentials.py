@@ -64,16 +64,19 @@ class CredentialsEndpoint:
                         "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     }
                 ).encode()
+                # Counted before it is sent: the gateway may use the key before this thread
+                # runs again after the write.
+                with endpoint._lock:
+                    endpoint.served.append(key)
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
-                except OSError:  # botocore gave up waiting
-                    return
-                with endpoint._lock:
-                    endpoint.served.append(key)
+                except OSError:  # botocore gave up waiting: never served
+                    with endpoint._lock:
+                        endpoint.served.remove(key)
 
             def log_message(self, *args: object) -> None:
                 pass
