@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,14 +27,6 @@ EVENT = {
     "meta": {"z": 1e21, "a": 0.1, "emoji": "\U0001f600"},
 }
 NODE_TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    executable = shutil.which("node")
-    if executable is None:
-        pytest.fail("the Node.js client tests need Node.js 20+: install nodejs", pytrace=False)
-    return executable
 
 
 def _start_invocation(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,14 +23,6 @@ from idemgate.testing import GatewayServer
 from lambda_adapter._sigv4 import AwsCredentials, sign_headers
 
 NODE_TIMEOUT_S = 30
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    executable = shutil.which("node")
-    if executable is None:
-        pytest.fail("the Node.js client tests need Node.js 20+: install nodejs", pytrace=False)
-    return executable
 
 
 @pytest.fixture
