@@ -147,7 +147,7 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits(
     dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str, namespace: str
 ) -> None:
     with DelayingProxy(dynamodb_local.port) as proxy:
-        storage = dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url)
+        storage = proxy.routed(dynamodb_storage_url)
         # Long enough that the held requests wait for the test, not for the storage timeout.
         env = {**FAULT_ENV, "IDEMGATE_STORAGE_TIMEOUT_MS": str(int(RECOVERY_TIMEOUT_S * 1000))}
         gateway = GatewayServer(storage=storage, env=env).start()

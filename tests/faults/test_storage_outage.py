@@ -66,7 +66,7 @@ def test_slow_storage_answers_within_its_timeout_or_503_and_recovers(
     dynamodb_local: DynamoDBLocal, dynamodb_storage_url: str
 ) -> None:
     with DelayingProxy(dynamodb_local.port) as proxy:
-        storage = dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url)
+        storage = proxy.routed(dynamodb_storage_url)
         with GatewayServer(storage=storage, env=FAULT_ENV) as gateway:
             # Slower than usual but within the timeout: claims are still served.
             proxy.delay_s = STORAGE_TIMEOUT_MS / 1000 / 8

@@ -231,7 +231,7 @@ def test_a_refusal_is_answered_before_storage_is_asked(
     with (
         DelayingProxy(dynamodb_local.port) as proxy,
         GatewayServer(
-            storage=dynamodb_storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url),
+            storage=proxy.routed(dynamodb_storage_url),
             env=env,
         ) as gateway,
         httpx.Client(

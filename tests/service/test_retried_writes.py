@@ -173,9 +173,7 @@ def _behind_a_proxy(
     env = {"IDEMGATE_STORAGE_TIMEOUT_MS": "300", "IDEMGATE_STORAGE_MAX_ATTEMPTS": "2"}
     with (
         DelayingProxy(dynamodb_local.port) as proxy,
-        GatewayServer(
-            storage=storage_url.replace(dynamodb_local.endpoint_url, proxy.endpoint_url), env=env
-        ) as gateway,
+        GatewayServer(storage=proxy.routed(storage_url), env=env) as gateway,
     ):
         yield proxy, gateway
 

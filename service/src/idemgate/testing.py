@@ -347,6 +347,13 @@ class DelayingProxy:
     def endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
+    def routed(self, storage_url: str) -> str:
+        """``storage_url``, a DynamoDB Local table's, with its calls sent through this proxy."""
+        upstream = f"endpoint_url=http://{LOOPBACK}:{self.upstream_port}"
+        if upstream not in storage_url:
+            raise ValueError(f"{storage_url!r} does not name this proxy's upstream")
+        return storage_url.replace(upstream, f"endpoint_url={self.endpoint_url}")
+
     def start(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result()
