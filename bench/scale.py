@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from bench._lab import TTL_S, Lab, claim_item
 from bench._stats import ms, ratio_text
@@ -66,14 +66,14 @@ def _fill_sqlite(lab: Lab, records: int) -> str:
     return url
 
 
-def _fill_dynamodb(lab: Lab, start: int, stop: int, deadline: float) -> int:
-    """Write records ``start``.. up to ``stop`` or the deadline; the count stored after it.
+def _fill_dynamodb(lab: Lab, table: str, records: int, deadline: float) -> int:
+    """Write up to ``records`` records into ``table`` before the deadline; the count stored.
 
     Through the gateway's own DynamoDB client: boto3 from threads spent more CPU building
     requests than DynamoDB Local spent storing them, and filled only half a million in time.
     """
     now_ms = time.time_ns() // 1_000_000
-    chunks = iter(range(start, stop, BATCH))  # shared by the fillers, all on one event loop
+    chunks = iter(range(0, records, BATCH))  # shared by the fillers, all on one event loop
     written = 0
 
     async def fill(client: DynamoDBClient) -> None:
@@ -89,16 +89,16 @@ def _fill_dynamodb(lab: Lab, start: int, stop: int, deadline: float) -> int:
                         )
                     }
                 }
-                for n in range(first, min(first + BATCH, stop))
+                for n in range(first, min(first + BATCH, records))
             ]
             while requests:
-                answer = await client.call("BatchWriteItem", RequestItems={SCALE_TABLE: requests})
-                unprocessed = answer.get("UnprocessedItems", {}).get(SCALE_TABLE, [])
+                answer = await client.call("BatchWriteItem", RequestItems={table: requests})
+                unprocessed = answer.get("UnprocessedItems", {}).get(table, [])
                 written += len(requests) - len(unprocessed)
                 requests = unprocessed
 
     async def fill_all() -> None:
-        location = parse_storage_url(lab.dynamodb_url(SCALE_TABLE))
+        location = parse_storage_url(lab.dynamodb_url(table))
         assert isinstance(location, DynamoDBLocation)
         client = DynamoDBClient(location, pool_size=FILLERS, timeout_ms=30_000, max_attempts=5)
         try:
@@ -107,29 +107,37 @@ def _fill_dynamodb(lab: Lab, start: int, stop: int, deadline: float) -> int:
             await client.close()
 
     asyncio.run(fill_all())
-    return start + written
+    return written
 
 
-def _latencies(lab: Lab, url: str, seconds: float, *, put_item: bool) -> dict[str, WrkResult]:
-    """Claims of fresh keys in one namespace and rotating over 1,000, taking turns.
+def _latencies(
+    lab: Lab, urls: Mapping[int, str], seconds: float, *, tables: Mapping[int, str] | None = None
+) -> dict[int, dict[str, WrkResult]]:
+    """Per size, claims of fresh keys in one namespace and rotating over 1,000.
 
-    With ``put_item``, DynamoDB Local's own time for the claim's PutItem takes its turn too:
-    the store's share at this size.
+    Every size's targets take turns in one run, so drift on the box over the minutes of
+    filling and measuring hits each size alike. With ``tables``, DynamoDB Local's own time for
+    the claim's PutItem into each size's table takes its turn too: the store's share.
     """
-    claims = {
-        target: WrkTarget(
-            url, "claims", namespace_prefix=NAMESPACE_PREFIX, namespace_count=namespace_count
-        )
-        for target, namespace_count in (("1 namespace", 1), ("1,000 namespaces", NAMESPACES))
-    }
-    if put_item:
-        claims[PUT_ITEM] = WrkTarget(
-            lab.dynamodb.endpoint_url,
-            "dynamodb_claims",
-            (SCALE_TABLE,),
-            namespace_prefix=NAMESPACE_PREFIX,
-        )
-    return run_wrk_in_turns(claims, seconds=seconds)
+    targets: dict[tuple[int, str], WrkTarget] = {}
+    for records, url in urls.items():
+        for target, namespace_count in (("1 namespace", 1), ("1,000 namespaces", NAMESPACES)):
+            targets[records, target] = WrkTarget(
+                url, "claims", namespace_prefix=NAMESPACE_PREFIX, namespace_count=namespace_count
+            )
+        if tables is not None:
+            targets[records, PUT_ITEM] = WrkTarget(
+                lab.dynamodb.endpoint_url,
+                "dynamodb_claims",
+                (tables[records],),
+                namespace_prefix=NAMESPACE_PREFIX,
+            )
+    named = {f"{records:,} stored, {target}": (records, target) for records, target in targets}
+    results = run_wrk_in_turns({name: targets[key] for name, key in named.items()}, seconds=seconds)
+    figures: dict[int, dict[str, WrkResult]] = {records: {} for records in urls}
+    for name, (records, target) in named.items():
+        figures[records][target] = results[name]
+    return figures
 
 
 def _rows_and_targets(
@@ -171,36 +179,48 @@ def run(lab: Lab, *, small: int, large: int, seconds: float, fill_budget_s: floa
     section = Section(
         title="Scale",
         method=(
-            f"Stored records are completed ones spread over {NAMESPACES:,} namespaces. Each "
-            "size is measured with wrk at 1 connection claiming fresh keys in one of those "
-            f"namespaces, and rotating over all {NAMESPACES:,}; 1-worker gateways. For "
-            "DynamoDB, wrk also sends the claim's PutItem straight to DynamoDB Local, to show "
-            "the store's own share. " + in_turns_method(seconds)
+            f"Stored records are completed ones spread over {NAMESPACES:,} namespaces. Both "
+            "sizes are stored side by side (two SQLite files, two tables in one DynamoDB "
+            "Local), each served by its own 1-worker gateway, and all of a backend's targets "
+            "take turns in one run, so the sizes are compared at the same moments. Each size is "
+            "measured with wrk at 1 connection claiming fresh keys in one of those namespaces, "
+            f"and rotating over all {NAMESPACES:,}. For DynamoDB, wrk also sends the claim's "
+            "PutItem straight to each table, to show the store's own share. "
+            + in_turns_method(seconds)
         ),
     )
-    sqlite: dict[int, dict[str, WrkResult]] = {}
+    sqlite_urls = {}
     for records in (small, large):
         started = time.monotonic()
-        url = _fill_sqlite(lab, records)
+        sqlite_urls[records] = _fill_sqlite(lab, records)
         section.notes.append(
             f"SQLite: {records:,} records inserted in {time.monotonic() - started:.1f} s."
         )
-        with lab.gateway(url) as gateway:
-            sqlite[records] = _latencies(lab, gateway.url, seconds, put_item=False)
+    with lab.gateway(sqlite_urls[small]) as small_gateway, lab.gateway(sqlite_urls[large]) as big:
+        sqlite = _latencies(lab, {small: small_gateway.url, large: big.url}, seconds)
     sqlite_rows, sqlite_targets = _rows_and_targets("SQLite", small, large, sqlite)
 
-    lab.create_gateway_table(SCALE_TABLE)
-    dynamodb: dict[int, dict[str, WrkResult]] = {}
-    with lab.gateway(lab.dynamodb_url(SCALE_TABLE)) as gateway:
-        stored = _fill_dynamodb(lab, 0, small, deadline=float("inf"))
-        dynamodb[stored] = _latencies(lab, gateway.url, seconds, put_item=True)
-        started = time.monotonic()
-        reached = _fill_dynamodb(lab, small, large, deadline=started + fill_budget_s)
-        elapsed = time.monotonic() - started
-        dynamodb[reached] = _latencies(lab, gateway.url, seconds, put_item=True)
+    tables = {
+        records: lab.create_gateway_table(f"{SCALE_TABLE}-{records}") for records in (small, large)
+    }
+    stored = _fill_dynamodb(lab, tables[small], small, deadline=float("inf"))
+    started = time.monotonic()
+    reached = _fill_dynamodb(lab, tables[large], large, deadline=started + fill_budget_s)
+    elapsed = time.monotonic() - started
+    with (
+        lab.gateway(lab.dynamodb_url(tables[small])) as small_gateway,
+        lab.gateway(lab.dynamodb_url(tables[large])) as big,
+    ):
+        dynamodb = _latencies(
+            lab,
+            {small: small_gateway.url, large: big.url},
+            seconds,
+            tables=tables,
+        )
+    dynamodb = {stored: dynamodb[small], reached: dynamodb[large]}
     section.notes.append(
         f"DynamoDB Local: filled to {reached:,} of the {large:,} records asked for within "
-        f"a {fill_budget_s:g} s budget ({(reached - small) / elapsed:,.0f} items/s with "
+        f"a {fill_budget_s:g} s budget ({reached / elapsed:,.0f} items/s with "
         f"BatchWriteItem, {FILLERS} at a time)"
         + ("." if reached >= large else "; its target below compares that size instead.")
     )
