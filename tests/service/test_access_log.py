@@ -186,3 +186,21 @@ def test_the_lifespan_end_writes_the_buffered_lines(tmp_path: Path) -> None:
         httpx_logger.setLevel(saved[2])
     assert "/v1/records/ns/held/claim" not in while_serving
     assert "/v1/records/ns/held/claim" in stream.getvalue()
+
+
+def test_every_worker_process_writes_json_lines(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    storage = f"sqlite:///{tmp_path}/records.db"
+    env = {"IDEMGATE_ACCESS_LOG_FLUSH_MS": "100"}
+    with (
+        log.open("wb") as output,
+        GatewayServer(storage=storage, workers=2, env=env, stderr=output) as gw,
+    ):
+        paths = [f"/v1/records/workers/k-{n}/claim" for n in range(8)]
+        for path in paths:  # a connection each, so either worker may answer
+            assert httpx.post(gw.url + path, json={}, timeout=10).status_code == 201
+        _wait_for(log, paths)
+        deadline = time.monotonic() + WAIT_S
+        while sum(line["msg"].startswith("serving with") for line in _logged(log)) < 2:
+            assert time.monotonic() < deadline, "a worker never logged its start"
+            time.sleep(0.02)

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import logging.config
 import os
 import re
 import time
@@ -38,6 +39,7 @@ __all__ = [
     "configure_logging",
     "current_request_id",
     "flush_logs",
+    "logging_config",
     "metrics_text",
     "preregister_request_series",
     "record_storage_error",
@@ -427,18 +429,31 @@ def _direct_access_handler() -> _JSONLinesHandler | None:
     return handler
 
 
-def configure_logging(level: str, *, access_log_flush_ms: int) -> None:
+def logging_config(level: str, *, access_log_flush_ms: int) -> dict[str, Any]:
     """One JSON object per line on stderr, each carrying the request ID it belongs to.
 
+    As a ``logging.config`` dictionary, which uvicorn applies in each worker process too.
     Access lines are buffered for up to ``access_log_flush_ms`` (see ``_JSONLinesHandler``).
     """
-    handler = _JSONLinesHandler(flush_interval_ms=access_log_flush_ms)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"json": {"()": _json_lines_handler, "flush_interval_ms": access_log_flush_ms}},
+        "root": {"level": level.upper(), "handlers": ["json"]},
+    }
+
+
+def _json_lines_handler(*, flush_interval_ms: int) -> _JSONLinesHandler:
+    handler = _JSONLinesHandler(flush_interval_ms=flush_interval_ms)
     handler.setFormatter(_JSONFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
     # The JSON lines show neither threads nor processes: logging need not look them up.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    return handler
+
+
+def configure_logging(level: str, *, access_log_flush_ms: int) -> None:
+    """Apply ``logging_config`` to this process."""
+    logging.config.dictConfig(logging_config(level, access_log_flush_ms=access_log_flush_ms))
 
 
 def flush_logs() -> None:
