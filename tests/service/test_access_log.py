@@ -1,5 +1,6 @@
-"""The access log line is the same whether it is written straight into the JSON handler's
-batch or goes through logging's handlers (when a filter or another handler is set)."""
+"""The access log line is the same whether it is buffered by the JSON handler or goes through
+logging's handlers (when a filter or another handler is set); buffered lines all arrive, by
+their interval, before any other line and at shutdown."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import io
 import json
 import logging
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +20,16 @@ import pytest
 from idemgate._app import create_app
 from idemgate._observability import access_log, configure_logging
 from idemgate._settings import Settings
+from idemgate.testing import GatewayServer, free_port
+
+WAIT_S = 30.0  # far below the longest flush interval these tests set
 
 
 @pytest.fixture
 def log_stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    configure_logging("info")
+    configure_logging("info", access_log_flush_ms=Settings().access_log_flush_ms)
     stream = io.StringIO()
     root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     try:
@@ -70,3 +76,131 @@ def test_the_direct_access_line_is_the_one_logging_would_write(
     assert (direct["request_id"], logged["request_id"]) == ("direct", "logged")
     assert direct["path"] == "/v1/records/ns/direct/claim"
     assert (direct["status"], direct["outcome"]) == (201, "claimed")
+
+
+def _logged(log: Path) -> list[dict[str, Any]]:
+    """The complete lines written so far (a line being written may lack its end)."""
+    return [
+        json.loads(line) for line in log.read_text().splitlines(keepends=True) if line[-1:] == "\n"
+    ]
+
+
+def _paths_logged(log: Path) -> list[str]:
+    return [line["path"] for line in _logged(log) if line["logger"] == "idemgate.access"]
+
+
+def _wait_for(log: Path, paths: list[str]) -> list[str]:
+    """The access lines' paths once each of ``paths`` is among them; fails after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not set(paths) <= set(logged := _paths_logged(log)):
+        assert time.monotonic() < deadline, f"{len(set(paths) - set(logged))} lines never came"
+        time.sleep(0.02)
+    return logged
+
+
+def test_buffered_access_lines_all_arrive_and_a_lone_one_by_its_interval(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    env = {"IDEMGATE_ACCESS_LOG_FLUSH_MS": "100"}
+    storage = f"sqlite:///{tmp_path}/records.db"
+    with log.open("wb") as output, GatewayServer(storage=storage, env=env, stderr=output) as gw:
+        # More than one buffer's worth, from four clients at once.
+        burst = [f"/v1/records/burst/k-{n}/claim" for n in range(600)]
+
+        async def post_all() -> None:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+
+                async def post(paths: list[str]) -> None:
+                    for path in paths:
+                        assert (await client.post(path, json={})).status_code == 201
+
+                await asyncio.gather(*(post(burst[n::4]) for n in range(4)))
+
+        asyncio.run(post_all())
+        logged = _wait_for(log, burst)
+        assert sorted(logged.count(path) for path in burst) == [1] * len(burst)
+        # Nothing else happens after it: its interval's timer alone writes it.
+        lone = "/v1/records/lone/k/claim"
+        assert httpx.post(gw.url + lone, json={}, timeout=10).status_code == 201
+        _wait_for(log, [lone])
+
+
+def test_other_lines_are_written_at_once_after_the_buffer_and_shutdown_writes_the_rest(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "gateway.log"
+    storage = f"dynamodb://gone?region=us-east-1&endpoint_url=http://127.0.0.1:{free_port()}"
+    env = {
+        "IDEMGATE_ACCESS_LOG_FLUSH_MS": "60000",
+        "IDEMGATE_STORAGE_TIMEOUT_MS": "300",
+        "IDEMGATE_STORAGE_MAX_ATTEMPTS": "1",
+    }
+    with log.open("wb") as output:
+        gw = GatewayServer(storage=storage, env=env, stderr=output, ready_path="/healthz")
+        gw.start()
+        try:
+            assert httpx.get(f"{gw.url}/healthz?first", timeout=10).status_code == 200
+            claimed = httpx.post(f"{gw.url}/v1/records/ns/k/claim", json={}, timeout=10)
+            assert claimed.status_code == 503
+            deadline = time.monotonic() + WAIT_S
+            while not any(line["level"] == "warning" for line in _logged(log)):
+                assert time.monotonic() < deadline, "the storage warning never came"
+                time.sleep(0.02)
+            before_shutdown = [
+                line.get("path", line["msg"]) for line in _logged(log) if line["ts"] > 0
+            ]
+            gw.send_signal(signal.SIGTERM)
+            # uvicorn stops gracefully, then exits by the signal it caught.
+            assert gw.wait(WAIT_S) in (0, -signal.SIGTERM)
+        finally:
+            gw.stop()
+    # The warning waited for no interval, and took the buffered line before it along.
+    warning = next(line for line in before_shutdown if line.startswith("storage unavailable"))
+    assert before_shutdown.index("/healthz") < before_shutdown.index(warning)
+    assert "/v1/records/ns/k/claim" not in before_shutdown  # logged after the warning
+    # Stopping wrote the claim's access line, still within its interval.
+    assert _paths_logged(log)[-1:] == ["/v1/records/ns/k/claim"]
+
+
+def test_the_lifespan_end_writes_the_buffered_lines(tmp_path: Path) -> None:
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    saved = root.handlers[:], root.level, httpx_logger.level
+    configure_logging("info", access_log_flush_ms=60_000)
+    stream = io.StringIO()
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    httpx_logger.setLevel(logging.WARNING)  # no line of its own to write the buffer sooner
+    app = create_app(Settings(storage=f"sqlite:///{tmp_path}/records.db"))
+
+    async def post() -> str:
+        transport = httpx.ASGITransport(app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
+        ):
+            assert (await client.post("/v1/records/ns/held/claim", json={})).status_code == 201
+            return stream.getvalue()
+
+    try:
+        while_serving = asyncio.run(post())
+    finally:
+        root.handlers[:], root.level = saved[:2]
+        httpx_logger.setLevel(saved[2])
+    assert "/v1/records/ns/held/claim" not in while_serving
+    assert "/v1/records/ns/held/claim" in stream.getvalue()
+
+
+def test_every_worker_process_writes_json_lines(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    storage = f"sqlite:///{tmp_path}/records.db"
+    env = {"IDEMGATE_ACCESS_LOG_FLUSH_MS": "100"}
+    with (
+        log.open("wb") as output,
+        GatewayServer(storage=storage, workers=2, env=env, stderr=output) as gw,
+    ):
+        paths = [f"/v1/records/workers/k-{n}/claim" for n in range(8)]
+        for path in paths:  # a connection each, so either worker may answer
+            assert httpx.post(gw.url + path, json={}, timeout=10).status_code == 201
+        _wait_for(log, paths)
+        deadline = time.monotonic() + WAIT_S
+        while sum(line["msg"].startswith("serving with") for line in _logged(log)) < 2:
+            assert time.monotonic() < deadline, "a worker never logged its start"
+            time.sleep(0.02)

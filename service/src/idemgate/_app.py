@@ -25,6 +25,7 @@ from idemgate._exceptions import ConfigurationError
 from idemgate._observability import (
     NamespaceCounters,
     RequestContextMiddleware,
+    flush_logs,
     preregister_request_series,
 )
 from idemgate._problems import (
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             await storage.close()
             if iam is not None:
                 await iam.close()
+            flush_logs()
 
     app = GatewayApp(
         title="idemgate",

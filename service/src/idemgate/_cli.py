@@ -219,9 +219,12 @@ def _serve(args: argparse.Namespace) -> None:
     settings = Settings()
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idemgate-metrics-")
-    from idemgate._observability import configure_logging
+    from idemgate._observability import configure_logging, logging_config
 
-    configure_logging(settings.log_level)
+    log_config = logging_config(
+        settings.log_level, access_log_flush_ms=settings.access_log_flush_ms
+    )
+    configure_logging(settings.log_level, access_log_flush_ms=settings.access_log_flush_ms)
     settings = _check_access_policy(args, settings)
     uvicorn.run(
         "idemgate._app:create_app",
@@ -233,7 +236,7 @@ def _serve(args: argparse.Namespace) -> None:
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="idemgate._http:OneWriteHttpToolsProtocol",
         access_log=False,
-        log_config=None,
+        log_config=log_config,  # applied again in each worker process
         log_level=settings.log_level,
     )
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    # How long an access line may wait to be written with others (0: at the end of its turn
+    # of the event loop); a worker killed outright loses the lines of the last interval.
+    access_log_flush_ms: int = Field(default=1000, ge=0, le=60_000)
     # Who may call (docs/security.md): no policy file means open, on a loopback host only.
     auth_file: Path | None = None
     allow_anonymous: bool = False
