@@ -169,9 +169,11 @@ def _flat_object(raw: bytes) -> dict[str, Any] | None:
         return None
     strings = 0
     for member in value.values():
-        if type(member) not in _SCALARS:
+        kind = type(member)
+        if kind is str:
+            strings += 1
+        elif kind not in _SCALARS:
             return None
-        strings += type(member) is str
     return value if raw.count(b'"') == 2 * (len(value) + strings) else None
 
 
@@ -201,63 +203,85 @@ def _parse_json_exactly(raw: bytes) -> Any:
         raise InvalidRequestError("body: a value in it is beyond what JSON parsing allows") from exc
 
 
-async def _read_body(request: Request, model: type[_Body]) -> _Body:
+async def _read_body(receive: Receive, model: type[_Body]) -> _Body:
     """The body, parsed as JSON whatever its Content-Type, as ``model``; empty means ``{}``.
 
     The standard library parses what orjson might parse differently (``_flat_object``), because
     it keeps integers of any size exact; ``_result_json`` serialises with it too, so every
     accepted result replays exactly.
     """
-    chunks = []
-    while True:
-        message = await request.receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    raw = b"".join(chunks)
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect
+    raw = message.get("body", b"")
+    if message.get("more_body", False):
+        chunks = [raw]
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
     data = _parse_json(raw) if raw.strip() else {}
-    try:
-        return model.model_validate(data)
+    try:  # model_validate, without its wrapper's call
+        body: _Body = model.__pydantic_validator__.validate_python(data)
     except ValidationError as exc:
         raise InvalidRequestError.from_errors(exc.errors(), prefix=("body",)) from exc
+    return body
 
 
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 _KEY = re.compile(KEY_PATTERN)
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+# What the lane calls: the request, its namespace and its key, already split from the path.
+LaneHandler = Callable[[Request, str, str], Coroutine[Any, Any, Response]]
+
+
+def _invalid_path(namespace: str, key: str) -> InvalidRequestError:
+    return InvalidRequestError.from_errors(
+        [
+            {"loc": ("path", name), "msg": f"String should match pattern '{pattern}'"}
+            for name, value, pattern in (
+                ("namespace", namespace, NAMESPACE_PATTERN),
+                ("key", key, KEY_PATTERN),
+            )
+            if not re.fullmatch(pattern, value)
+        ]
+    )
 
 
 class RecordRoute(APIRoute):
     """A records route: FastAPI documents it from the endpoint's signature; ``RecordsLane``
-    serves it with the handler below, which checks the path, reads the body into the
+    serves it with ``lane_handler``, which checks the path, reads the body into the
     endpoint's ``body`` model and calls the endpoint, with no dependency solving.
     """
 
-    def get_route_handler(self) -> Handler:
+    def lane_handler(self) -> LaneHandler:
         endpoint = self.endpoint
         body_model = get_type_hints(endpoint).get("body")
 
+        async def serve(request: Request, namespace: str, key: str) -> Response:
+            if not (_NAMESPACE.fullmatch(namespace) and _KEY.fullmatch(key)):
+                raise _invalid_path(namespace, key)
+            response: Response
+            if body_model is None:
+                response = await endpoint(request, namespace=namespace, key=key)
+            else:
+                body = await _read_body(request.receive, body_model)
+                response = await endpoint(request, namespace=namespace, key=key, body=body)
+            return response
+
+        return serve
+
+    def get_route_handler(self) -> Handler:
+        """``lane_handler`` as FastAPI calls it, for a request the lane leaves to FastAPI."""
+        serve = self.lane_handler()
+
         async def handle(request: Request) -> Response:
             params = request.path_params
-            namespace, key = params["namespace"], params["key"]
-            if not (_NAMESPACE.fullmatch(namespace) and _KEY.fullmatch(key)):
-                raise InvalidRequestError.from_errors(
-                    [
-                        {"loc": ("path", name), "msg": f"String should match pattern '{pattern}'"}
-                        for name, value, pattern in (
-                            ("namespace", namespace, NAMESPACE_PATTERN),
-                            ("key", key, KEY_PATTERN),
-                        )
-                        if not re.fullmatch(pattern, value)
-                    ]
-                )
-            arguments = {"namespace": namespace, "key": key}
-            if body_model is not None:
-                arguments["body"] = await _read_body(request, body_model)
-            response: Response = await endpoint(request, **arguments)
-            return response
+            return await serve(request, params["namespace"], params["key"])
 
         return handle
 
@@ -322,12 +346,13 @@ class _JSONAnswer(Response):
         ]
 
 
-def _json(body: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
-    return _JSONAnswer(
-        orjson.dumps(body),
-        status_code,
-        [(name.lower().encode(), value.encode()) for name, value in headers.items()],
-    )
+_REPLAYED = [(b"idempotent-replayed", b"true")]
+
+
+def _json(
+    body: dict[str, Any], status_code: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+) -> Response:
+    return _JSONAnswer(orjson.dumps(body), status_code, headers or [])
 
 
 def _result_json(result: Any, max_bytes: int) -> str:
@@ -395,10 +420,11 @@ async def claim(
             lease_token=body.lease_token,
         )
     record = answer.record
-    state = request.state
+    # What the access line and the metrics read: the scope's state, without a State around it.
+    state = request.scope["state"]
     if answer.claimed:
-        state.outcome = "claimed"
-        state.attempt = record.attempt
+        state["outcome"] = "claimed"
+        state["attempt"] = record.attempt
         return _json(
             {
                 "outcome": "claimed",
@@ -408,9 +434,9 @@ async def claim(
             },
             201,
         )
-    state.outcome = "replayed"
+    state["outcome"] = "replayed"
     replay = {**_completed(record), "result": orjson.Fragment(record.result or "null")}
-    return _json(replay, 200, **{"Idempotent-Replayed": "true"})
+    return _json(replay, 200, _REPLAYED)
 
 
 @router.post(
@@ -544,7 +570,7 @@ async def list_records(
 _LANE_PREFIX = router.prefix.split("/")[:3]
 
 
-async def _not_found(request: Request) -> Response:
+async def _not_found(request: Request, namespace: str = "", key: str = "") -> Response:
     """A path ending in a newline: Starlette's route patterns end with "$", which also matches
     before a final newline, so FastAPI would serve "/claim%0A" as "/claim"."""
     raise NotFoundError(f"No such endpoint: {request.method} {request.url.path!r}")
@@ -555,38 +581,39 @@ class RecordsLane:
 
     The routes are declared to FastAPI as usual (``router``, documented in OpenAPI from the
     endpoints' signatures), but a request of exactly a route's method and path shape is served
-    here by ``RecordRoute``'s handler, and an error it raises goes to the app's handler for it,
-    as FastAPI would; a path ending in a newline is not found. Every other request (another
-    method, a stray segment, a ``root_path``) goes on to ``app``. Request IDs, body limits,
-    metrics, the access log and authentication are the front layers outside this one, alike
-    for every request. What this handler cannot honour (dependencies, header, query or cookie
-    parameters, a response model, another path shape) is refused when the lane is built.
+    here by ``RecordRoute``'s lane handler, and an error it raises goes to the app's handler
+    for it, as FastAPI would; a path ending in a newline is not found. Every other request
+    (another method, a stray segment, a ``root_path``) goes on to ``app``. Request IDs, body
+    limits, metrics, the access log and authentication are the front layers outside this one,
+    alike for every request. What this handler cannot honour (dependencies, header, query or
+    cookie parameters, a response model, another path shape) is refused when the lane is built.
     """
 
     def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute] = router.routes) -> None:
         self.app = app
-        self._routes: dict[tuple[str, str], tuple[RecordRoute, Handler]] = {}
+        self._routes: dict[tuple[str, str], tuple[RecordRoute, LaneHandler]] = {}
         for route in routes:
             if isinstance(route, RecordRoute):
                 _check_servable(route)
                 for method in route.methods or ():
                     action = route.path.removeprefix(router.prefix)
-                    self._routes[method, action] = (route, route.get_route_handler())
+                    self._routes[method, action] = (route, route.lane_handler())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = self._match(scope)
-        if found is None and not (scope["type"] == "http" and scope["path"].endswith("\n")):
-            await self.app(scope, receive, send)
-            return
         if found is None:
-            handler: Handler = _not_found
+            if not (scope["type"] == "http" and scope["path"].endswith("\n")):
+                await self.app(scope, receive, send)
+                return
+            serve: LaneHandler = _not_found
+            namespace = key = ""
         else:
-            route, handler, namespace, key = found
+            route, serve, namespace, key = found
             scope["route"] = route
             scope["path_params"] = {"namespace": namespace, "key": key}
         request = Request(scope, receive, send)
         try:
-            response = await handler(request)
+            response = await serve(request, namespace, key)
         except Exception as error:
             handlers = request.app.exception_handlers
             on_error = next((handlers[k] for k in type(error).__mro__ if k in handlers), None)
@@ -594,9 +621,19 @@ class RecordsLane:
                 raise
             answer = on_error(request, error)
             response = await answer if inspect.isawaitable(answer) else answer
-        await response(scope, receive, send)
+        if type(response) is _JSONAnswer:  # what Response.__call__ sends, one call less
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": response.raw_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        else:
+            await response(scope, receive, send)
 
-    def _match(self, scope: Scope) -> tuple[RecordRoute, Handler, str, str] | None:
+    def _match(self, scope: Scope) -> tuple[RecordRoute, LaneHandler, str, str] | None:
         if scope["type"] != "http" or scope.get("root_path"):
             return None
         # "/v1/records/{namespace}/{key}[/{action}]" splits into "", "v1", "records", ...
