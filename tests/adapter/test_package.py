@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import jmespath  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 import lambda_adapter
@@ -25,6 +26,7 @@ from lambda_adapter import (
     IdempotencyValidationError,
 )
 from lambda_adapter._canonical import canonical_json
+from lambda_adapter._jmespath import Expression
 from lambda_adapter.testing import FakeLambdaContext
 
 VECTORS = Path(__file__).parents[2] / "docs" / "canonical-json-vectors.json"
@@ -283,3 +285,11 @@ def test_the_powertools_store_name_maps_its_table_to_a_namespace(
     assert (store.namespace, store.url) == ("IdempotencyTable", "http://gateway.internal:8080")
     monkeypatch.setenv("IDEMGATE_NAMESPACE", "orders")
     assert lambda_adapter.DynamoDBPersistenceLayer(table_name="t").namespace == "orders"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"order_id": "o-1"}, {"order_id": None}, {"other": 1}, {}, [1, 2], "order_id", 7, None],
+)
+def test_a_lone_field_expression_finds_what_jmespath_finds(data: Any) -> None:
+    assert Expression("order_id", None).search(data) == jmespath.search("order_id", data)
