@@ -30,9 +30,10 @@ _CONTAINERS = frozenset({list, tuple})
 
 def canonical_json(value: Any) -> bytes:
     """The canonical UTF-8 bytes of ``value``: TypeError for non-JSON types, ValueError for NaN."""
-    if type(value) is str or _plain(value):
+    is_str = type(value) is str
+    if is_str or _plain(value):
         try:
-            return _ENCODER.encode(value).encode()
+            return (encode_basestring(value) if is_str else _ENCODER.encode(value)).encode()
         except UnicodeEncodeError:
             pass  # a lone surrogate, which ``_write`` escapes
     parts: list[str] = []
