@@ -343,3 +343,13 @@ def test_the_fast_path_writes_what_the_canonical_writer_writes(value: Any) -> No
     except (TypeError, ValueError) as exc:
         actual = type(exc)
     assert actual == expected
+
+
+@pytest.mark.parametrize("depth", [2, 300, 600])
+def test_deep_nesting_is_written_as_the_canonical_writer_writes_it(depth: int) -> None:
+    nested_list: Any = []
+    nested_dict: Any = {}
+    for _ in range(depth):
+        nested_list, nested_dict = [nested_list], {"a": nested_dict}
+    assert canonical_json(nested_list) == _written(nested_list)
+    assert canonical_json(nested_dict) == _written(nested_dict)

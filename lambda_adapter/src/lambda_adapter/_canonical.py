@@ -31,11 +31,13 @@ _CONTAINERS = frozenset({list, tuple})
 def canonical_json(value: Any) -> bytes:
     """The canonical UTF-8 bytes of ``value``: TypeError for non-JSON types, ValueError for NaN."""
     is_str = type(value) is str
-    if is_str or _plain(value):
-        try:
+    try:
+        if is_str or _plain(value):
             return (encode_basestring(value) if is_str else _ENCODER.encode(value)).encode()
-        except UnicodeEncodeError:
-            pass  # a lone surrogate, which ``_write`` escapes
+    except UnicodeEncodeError:
+        pass  # a lone surrogate, which ``_write`` escapes
+    except RecursionError:
+        pass  # deep nesting: ``_write`` alone decides whether it is too deep
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts).encode()
@@ -57,7 +59,11 @@ def _plain(value: Any) -> bool:
                 return False
         return True
     if kind in _CONTAINERS:
-        return all(type(item) in _PLAIN_SCALARS or _plain(item) for item in value)
+        # A loop rather than all() over a generator: one frame per level, as in ``_write``.
+        for item in value:  # noqa: SIM110
+            if type(item) not in _PLAIN_SCALARS and not _plain(item):
+                return False
+        return True
     return kind in _PLAIN_SCALARS
 
 
