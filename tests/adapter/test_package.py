@@ -12,7 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import jmespath  # type: ignore[import-untyped,unused-ignore]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lambda_adapter
 from lambda_adapter import (
@@ -23,8 +26,10 @@ from lambda_adapter import (
     IdempotencyKeyError,
     IdempotencyUnavailableError,
     IdempotencyValidationError,
+    _canonical,
 )
 from lambda_adapter._canonical import canonical_json
+from lambda_adapter._jmespath import Expression
 from lambda_adapter.testing import FakeLambdaContext
 
 VECTORS = Path(__file__).parents[2] / "docs" / "canonical-json-vectors.json"
@@ -283,3 +288,68 @@ def test_the_powertools_store_name_maps_its_table_to_a_namespace(
     assert (store.namespace, store.url) == ("IdempotencyTable", "http://gateway.internal:8080")
     monkeypatch.setenv("IDEMGATE_NAMESPACE", "orders")
     assert lambda_adapter.DynamoDBPersistenceLayer(table_name="t").namespace == "orders"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"order_id": "o-1"}, {"order_id": None}, {"other": 1}, {}, [1, 2], "order_id", 7, None],
+)
+def test_a_lone_field_expression_finds_what_jmespath_finds(data: Any) -> None:
+    assert Expression("order_id", None).search(data) == jmespath.search("order_id", data)
+
+
+def _written(value: Any) -> bytes:
+    parts: list[str] = []
+    _canonical._write(value, parts)
+    return "".join(parts).encode()
+
+
+_TRICKY_TEXT = st.text(
+    st.one_of(
+        st.characters(exclude_categories=["Cs"]),
+        st.sampled_from('"\\/\x00\x1f\x7f\u2028\u2029\ud800\udfff\ue000\uffff\U00010000\U0010ffff'),
+    )
+)
+# Keys whose UTF-16 order (JCS) and code point order (Python) differ.
+_ORDER_SENSITIVE_KEYS = st.text(st.sampled_from("a\ue000\uffff\U00010000\U0010ffff"), max_size=3)
+_JSON_LIKE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats()
+    | _TRICKY_TEXT,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)
+        | st.dictionaries(_TRICKY_TEXT, children, max_size=5)
+        | st.dictionaries(_ORDER_SENSITIVE_KEYS, children, max_size=4)
+        | st.dictionaries(st.integers() | st.booleans() | st.none(), children, max_size=2)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_JSON_LIKE)
+def test_the_fast_path_writes_what_the_canonical_writer_writes(value: Any) -> None:
+    # Any difference would change idempotency keys: same bytes, or the same exception.
+    try:
+        expected: bytes | type[Exception] = _written(value)
+    except (TypeError, ValueError) as exc:
+        expected = type(exc)
+    try:
+        actual: bytes | type[Exception] = canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        actual = type(exc)
+    assert actual == expected
+
+
+@pytest.mark.parametrize("depth", [2, 300, 600])
+def test_deep_nesting_is_written_as_the_canonical_writer_writes_it(depth: int) -> None:
+    nested_list: Any = []
+    nested_dict: Any = {}
+    for _ in range(depth):
+        nested_list, nested_dict = [nested_list], {"a": nested_dict}
+    assert canonical_json(nested_list) == _written(nested_list)
+    assert canonical_json(nested_dict) == _written(nested_dict)

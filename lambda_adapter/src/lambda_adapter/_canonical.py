@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from json.encoder import encode_basestring
+from json.encoder import JSONEncoder, encode_basestring
 from typing import Any
 
 __all__ = ["canonical_json", "sha256_hex"]
@@ -20,8 +20,24 @@ __all__ = ["canonical_json", "sha256_hex"]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# json's C encoder writes strings, integers, booleans and null exactly as ``_write`` does, and
+# orders keys alike while no key holds a character beyond U+FFFF. It writes floats otherwise
+# (1.0, 1e-07) and turns non-string keys into strings, so ``_plain`` keeps those out.
+_ENCODER = JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"))
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+_CONTAINERS = frozenset({list, tuple})
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical UTF-8 bytes of ``value``: TypeError for non-JSON types, ValueError for NaN."""
+    is_str = type(value) is str
+    try:
+        if is_str or _plain(value):
+            return (encode_basestring(value) if is_str else _ENCODER.encode(value)).encode()
+    except UnicodeEncodeError:
+        pass  # a lone surrogate, which ``_write`` escapes
+    except RecursionError:
+        pass  # deep nesting: ``_write`` alone decides whether it is too deep
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts).encode()
@@ -29,6 +45,26 @@ def canonical_json(value: Any) -> bytes:
 
 def sha256_hex(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` holds only exact dicts with BMP string keys, lists, tuples and
+    non-float scalars: the values json's encoder writes canonically."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (not key.isascii() and max(key) > "\uffff"):
+                return False
+            if type(item) not in _PLAIN_SCALARS and not _plain(item):
+                return False
+        return True
+    if kind in _CONTAINERS:
+        # A loop rather than all() over a generator: one frame per level, as in ``_write``.
+        for item in value:  # noqa: SIM110
+            if type(item) not in _PLAIN_SCALARS and not _plain(item):
+                return False
+        return True
+    return kind in _PLAIN_SCALARS
 
 
 def _write(value: Any, parts: list[str]) -> None:

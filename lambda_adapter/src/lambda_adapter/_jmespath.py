@@ -36,5 +36,15 @@ class Expression:
             **{"custom_functions": _PowertoolsFunctions(), **(options or {})}
         )
 
+        tree = self._parsed.parsed
+        # A lone field name, the usual key expression, is looked up as jmespath's interpreter
+        # would, without building an interpreter for every search.
+        self._field: str | None = tree["value"] if tree["type"] == "field" else None
+
     def search(self, data: Any) -> Any:
+        if self._field is not None:
+            try:
+                return data.get(self._field)
+            except AttributeError:
+                return None
         return self._parsed.search(data, options=self._options)
