@@ -5,17 +5,19 @@ their interval, before any other line and at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from idemgate._app import create_app
 from idemgate._observability import access_log, configure_logging
@@ -38,15 +40,21 @@ def log_stream() -> Iterator[io.StringIO]:
         root.handlers[:], root.level = saved
 
 
+@contextlib.asynccontextmanager
+async def _served_in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app`` run in this process, within its lifespan."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway") as client,
+    ):
+        yield client
+
+
 def _access_lines(tmp_path: Path, stream: io.StringIO, request_id: str) -> list[dict[str, Any]]:
     app = create_app(Settings(storage=f"sqlite:///{tmp_path}/records.db"))
 
     async def post() -> None:
-        transport = httpx.ASGITransport(app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
-        ):
+        async with _served_in_process(app) as client:
             answer = await client.post(
                 f"/v1/records/ns/{request_id}/claim", json={}, headers={"X-Request-Id": request_id}
             )
@@ -171,11 +179,7 @@ def test_the_lifespan_end_writes_the_buffered_lines(tmp_path: Path) -> None:
     app = create_app(Settings(storage=f"sqlite:///{tmp_path}/records.db"))
 
     async def post() -> str:
-        transport = httpx.ASGITransport(app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
-        ):
+        async with _served_in_process(app) as client:
             assert (await client.post("/v1/records/ns/held/claim", json={})).status_code == 201
             return stream.getvalue()
 
