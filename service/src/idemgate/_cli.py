@@ -219,12 +219,11 @@ def _serve(args: argparse.Namespace) -> None:
     settings = Settings()
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idemgate-metrics-")
-    from idemgate._observability import configure_logging, logging_config
+    from idemgate._observability import configure_logging
 
-    log_config = logging_config(
+    log_config = configure_logging(
         settings.log_level, access_log_flush_ms=settings.access_log_flush_ms
     )
-    configure_logging(settings.log_level, access_log_flush_ms=settings.access_log_flush_ms)
     settings = _check_access_policy(args, settings)
     uvicorn.run(
         "idemgate._app:create_app",

@@ -39,7 +39,6 @@ __all__ = [
     "configure_logging",
     "current_request_id",
     "flush_logs",
-    "logging_config",
     "metrics_text",
     "preregister_request_series",
     "record_storage_error",
@@ -303,16 +302,30 @@ class NamespaceCounters:
         ]
 
 
+def _json_line(
+    *, ts: float, level: str, logger: str, msg: str, request_id: str | None, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """A log line's JSON object, every line alike: these members first, then ``fields``."""
+    return {
+        "ts": round(ts, 3),
+        "level": level,
+        "logger": logger,
+        "msg": msg,
+        "request_id": request_id,
+        **fields,
+    }
+
+
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or current_request_id(),
-        }
-        line.update(getattr(record, "fields", {}))
+        line = _json_line(
+            ts=record.created,
+            level=record.levelname.lower(),
+            logger=record.name,
+            msg=record.getMessage(),
+            request_id=getattr(record, "request_id", None) or current_request_id(),
+            fields=getattr(record, "fields", {}),
+        )
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
@@ -339,14 +352,14 @@ def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
 
 def _access_text(entry: _AccessEntry) -> str:
     """The access line as ``access_log.info("request")`` would have ``_JSONFormatter`` write it."""
-    line = {
-        "ts": round(entry[0], 3),
-        "level": "info",
-        "logger": access_log.name,
-        "msg": "request",
-        "request_id": entry[1],
-        **_access_fields(entry),
-    }
+    line = _json_line(
+        ts=entry[0],
+        level="info",
+        logger=access_log.name,
+        msg="request",
+        request_id=entry[1],
+        fields=_access_fields(entry),
+    )
     return orjson.dumps(line, default=str).decode()
 
 
@@ -429,7 +442,7 @@ def _direct_access_handler() -> _JSONLinesHandler | None:
     return handler
 
 
-def logging_config(level: str, *, access_log_flush_ms: int) -> dict[str, Any]:
+def _logging_config(level: str, *, access_log_flush_ms: int) -> dict[str, Any]:
     """One JSON object per line on stderr, each carrying the request ID it belongs to.
 
     As a ``logging.config`` dictionary, which uvicorn applies in each worker process too.
@@ -451,9 +464,11 @@ def _json_lines_handler(*, flush_interval_ms: int) -> _JSONLinesHandler:
     return handler
 
 
-def configure_logging(level: str, *, access_log_flush_ms: int) -> None:
-    """Apply ``logging_config`` to this process."""
-    logging.config.dictConfig(logging_config(level, access_log_flush_ms=access_log_flush_ms))
+def configure_logging(level: str, *, access_log_flush_ms: int) -> dict[str, Any]:
+    """Apply ``_logging_config`` to this process; the configuration, for uvicorn's workers."""
+    config = _logging_config(level, access_log_flush_ms=access_log_flush_ms)
+    logging.config.dictConfig(config)
+    return config
 
 
 def flush_logs() -> None:
