@@ -75,6 +75,12 @@ def test_the_public_names_are_pinned() -> None:
     ]
 
 
+def _printed_by(script: str) -> str:
+    """What ``script`` prints, run in a fresh interpreter (so nothing is imported yet)."""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return run.stdout.strip()
+
+
 def test_importing_and_constructing_pulls_in_no_heavy_framework() -> None:
     script = (
         "import sys, lambda_adapter\n"
@@ -82,10 +88,7 @@ def test_importing_and_constructing_pulls_in_no_heavy_framework() -> None:
         "heavy = {'fastapi', 'starlette', 'pydantic', 'boto3', 'botocore', 'jmespath'}\n"
         "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    assert loaded.stdout.strip() == "[]"
+    assert _printed_by(script) == "[]"
 
 
 def test_the_default_path_loads_no_http_library() -> None:
@@ -98,10 +101,7 @@ def test_the_default_path_loads_no_http_library() -> None:
         "heavy = {'httpx', 'httpcore', 'h11', 'urllib.request', 'http.client', 'email'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    assert loaded.stdout.strip() == "[]"
+    assert _printed_by(script) == "[]"
 
 
 @pytest.mark.parametrize(

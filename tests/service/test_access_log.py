@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +97,18 @@ def _paths_logged(log: Path) -> list[str]:
     return [line["path"] for line in _logged(log) if line["logger"] == "idemgate.access"]
 
 
+def _wait_until(arrived: Callable[[], bool], what: str) -> None:
+    """Poll the log until ``arrived()``; fail after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not arrived():
+        assert time.monotonic() < deadline, f"{what} never came"
+        time.sleep(0.02)
+
+
 def _wait_for(log: Path, paths: list[str]) -> list[str]:
     """The access lines' paths once each of ``paths`` is among them; fails after WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while not set(paths) <= set(logged := _paths_logged(log)):
-        assert time.monotonic() < deadline, f"{len(set(paths) - set(logged))} lines never came"
-        time.sleep(0.02)
-    return logged
+    _wait_until(lambda: set(paths) <= set(_paths_logged(log)), "some of the access lines")
+    return _paths_logged(log)
 
 
 def test_buffered_access_lines_all_arrive_and_a_lone_one_by_its_interval(tmp_path: Path) -> None:
@@ -149,10 +154,10 @@ def test_other_lines_are_written_at_once_after_the_buffer_and_shutdown_writes_th
             assert httpx.get(f"{gw.url}/healthz?first", timeout=10).status_code == 200
             claimed = httpx.post(f"{gw.url}/v1/records/ns/k/claim", json={}, timeout=10)
             assert claimed.status_code == 503
-            deadline = time.monotonic() + WAIT_S
-            while not any(line["level"] == "warning" for line in _logged(log)):
-                assert time.monotonic() < deadline, "the storage warning never came"
-                time.sleep(0.02)
+            _wait_until(
+                lambda: any(line["level"] == "warning" for line in _logged(log)),
+                "the storage warning",
+            )
             before_shutdown = [
                 line.get("path", line["msg"]) for line in _logged(log) if line["ts"] > 0
             ]
@@ -204,7 +209,7 @@ def test_every_worker_process_writes_json_lines(tmp_path: Path) -> None:
         for path in paths:  # a connection each, so either worker may answer
             assert httpx.post(gw.url + path, json={}, timeout=10).status_code == 201
         _wait_for(log, paths)
-        deadline = time.monotonic() + WAIT_S
-        while sum(line["msg"].startswith("serving with") for line in _logged(log)) < 2:
-            assert time.monotonic() < deadline, "a worker never logged its start"
-            time.sleep(0.02)
+        _wait_until(
+            lambda: sum(line["msg"].startswith("serving with") for line in _logged(log)) >= 2,
+            "the second worker's start line",
+        )
