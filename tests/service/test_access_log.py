@@ -31,7 +31,7 @@ WAIT_S = 30.0  # far below the longest flush interval these tests set
 def log_stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    configure_logging("info", access_log_flush_ms=Settings().access_log_flush_ms)
+    configure_logging("info")
     stream = io.StringIO()
     root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     try:
@@ -177,11 +177,13 @@ def test_other_lines_are_written_at_once_after_the_buffer_and_shutdown_writes_th
 def test_the_lifespan_end_writes_the_buffered_lines(tmp_path: Path) -> None:
     root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
     saved = root.handlers[:], root.level, httpx_logger.level
-    configure_logging("info", access_log_flush_ms=60_000)
+    configure_logging("info")
     stream = io.StringIO()
     root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     httpx_logger.setLevel(logging.WARNING)  # no line of its own to write the buffer sooner
-    app = create_app(Settings(storage=f"sqlite:///{tmp_path}/records.db"))
+    app = create_app(
+        Settings(storage=f"sqlite:///{tmp_path}/records.db", access_log_flush_ms=60_000)
+    )
 
     async def post() -> str:
         async with _served_in_process(app) as client:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from idemgate import _observability
 from idemgate.testing import GatewayServer
 
 NAMESPACE_COUNTERS = (
@@ -27,7 +30,12 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture(scope="module")
 def capped_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     path: Path = tmp_path_factory.mktemp("metrics") / "idemgate.db"
-    env = {"IDEMGATE_METRICS_MAX_NAMESPACES": "2", "IDEMGATE_ACCESS_LOG": "false"}
+    # A minute to settle: what /metrics shows is current all the same (the scrape settles).
+    env = {
+        "IDEMGATE_METRICS_MAX_NAMESPACES": "2",
+        "IDEMGATE_ACCESS_LOG": "false",
+        "IDEMGATE_ACCESS_LOG_FLUSH_MS": "60000",
+    }
     with GatewayServer(storage=f"sqlite:///{path}", env=env) as server:
         yield server
 
@@ -111,3 +119,29 @@ def test_namespaces_beyond_the_cap_share_the_other_label(capped_gateway: Gateway
     assert "cap-3" not in labelled
     assert "cap-4" not in labelled
     assert counter(values, "idemgate_claims_total", "other") - before >= 2
+
+
+def test_a_batch_of_durations_is_exposed_as_one_observe_each_would_expose_it() -> None:
+    """The ledger counts a batch's durations into the latency histogram at once, through
+    prometheus_client's internals: the exposition must be the one ``observe`` gives."""
+    bounds = _observability._LATENCY_BOUNDS_S
+    durations = [0.0, *bounds, *(b * 0.999 for b in bounds), *(b * 1.001 for b in bounds), 99.0]
+    durations += [random.Random(7).uniform(0, 6) for _ in range(200)]
+    by_observe, in_bulk = CollectorRegistry(), CollectorRegistry()
+    for registry in (by_observe, in_bulk):
+        Histogram("latency_seconds", "d", ["route"], buckets=bounds, registry=registry)
+    observed = by_observe._names_to_collectors["latency_seconds"].labels("/r")  # type: ignore[attr-defined]
+    for duration in durations:
+        observed.observe(duration)
+    counts = [0] * (len(bounds) + 1)
+    for duration in durations:
+        counts[_observability._latency_bucket(duration)] += 1
+    bulk = in_bulk._names_to_collectors["latency_seconds"].labels("/r")  # type: ignore[attr-defined]
+    _observability._observe_many(bulk, counts, sum(durations))
+    assert _without_created(in_bulk) == _without_created(by_observe)
+
+
+def _without_created(registry: CollectorRegistry) -> list[str]:
+    """The exposition's lines but the ``_created`` timestamp, which differs by construction."""
+    lines = generate_latest(registry).decode().splitlines()
+    return [line for line in lines if "_created" not in line]

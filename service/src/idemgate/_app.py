@@ -170,5 +170,6 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         namespaces=app.state.namespace_counters,
         internal_error=internal_error_response,
         body_too_large=body_too_large_response,
+        settle_interval_ms=settings.access_log_flush_ms,
     )
     return app

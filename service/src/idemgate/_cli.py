@@ -221,9 +221,7 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idemgate-metrics-")
     from idemgate._observability import configure_logging
 
-    log_config = configure_logging(
-        settings.log_level, access_log_flush_ms=settings.access_log_flush_ms
-    )
+    log_config = configure_logging(settings.log_level)
     settings = _check_access_policy(args, settings)
     uvicorn.run(
         "idemgate._app:create_app",

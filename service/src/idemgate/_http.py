@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from typing import Any, NoReturn
 
 import orjson
@@ -31,6 +30,7 @@ from idemgate._exceptions import (
     RequestTimeoutError,
     URITooLongError,
 )
+from idemgate._observability import new_request_id
 from idemgate._settings import Settings
 
 __all__ = ["OneWriteHttpToolsProtocol", "problem_message"]
@@ -76,7 +76,7 @@ def problem_message(error: ProblemError) -> bytes:
 
     For answers given below the application, before a request has an ID of its own.
     """
-    request_id = os.urandom(16).hex()
+    request_id = new_request_id()
     body = orjson.dumps(
         {
             "type": _PROBLEM_TYPE_BASE + error.code.lower().replace("_", "-"),

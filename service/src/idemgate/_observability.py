@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextvars
 import functools
 import logging
 import logging.config
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -40,11 +43,13 @@ __all__ = [
     "current_request_id",
     "flush_logs",
     "metrics_text",
+    "new_request_id",
     "preregister_request_series",
     "record_storage_error",
 ]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID_HEADER_NAME = REQUEST_ID_HEADER.lower().encode()
 _SANE_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,128}")
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -53,11 +58,12 @@ _REQUESTS = Counter(
     "Requests answered, by route template, method, HTTP status and outcome.",
     ["route", "method", "status", "outcome"],
 )
+_LATENCY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LATENCY = Histogram(
     "idemgate_request_duration_seconds",
     "Time from the request's arrival to its answer, by route template.",
     ["route"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    buckets=_LATENCY_BOUNDS_S,
 )
 _STORAGE_ERRORS = Counter(
     "idemgate_storage_errors_total",
@@ -80,12 +86,23 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+def new_request_id() -> str:
+    """32 random hex digits: as unique as a uuid4. A request ID is not a secret, so it comes
+    from ``random`` (reseeded in a forked child) rather than a system call per request."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def record_storage_error(backend: str) -> None:
     _STORAGE_ERRORS.labels(backend).inc()
 
 
 def metrics_text() -> tuple[bytes, str]:
-    """The Prometheus exposition of this process, or of all workers when they share a dir."""
+    """The Prometheus exposition of this process, or of all workers when they share a dir.
+
+    This process's answers are counted first; other workers' reach the shared dir when their
+    ledger is next settled (``_Ledger``).
+    """
+    _LEDGER.settle()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -155,6 +172,21 @@ def _latency_series(route: str) -> Any:
     return _LATENCY.labels(route)
 
 
+def _latency_bucket(duration_s: float) -> int:
+    """The index of the histogram bucket ``duration_s`` falls in, as ``observe`` finds it."""
+    return bisect.bisect_left(_LATENCY_BOUNDS_S, duration_s)
+
+
+def _observe_many(series: Any, counts: list[int], sum_s: float) -> None:
+    """``observe`` of many durations at once: how many fell in each bucket (``_latency_bucket``,
+    the last one past every bound), and their sum. prometheus_client has no public call for
+    this; its test compares the exposition with one ``observe`` per duration."""
+    series._sum.inc(sum_s)
+    for bucket, count in zip(series._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+
+
 def preregister_request_series(routes: Iterable[tuple[str, str]]) -> None:
     """Create, at zero, the request series of each ``(route template, method)`` alerts watch."""
     for route, method in routes:
@@ -204,7 +236,7 @@ class _Recent:
     """Counts of the current minute, and of the last hour by minute and last day by hour.
 
     Counting touches only the current minute's list; the minute goes into both rings when
-    the next one starts (or someone reads), which keeps the claim path to a few additions.
+    the next one starts (or someone reads).
     """
 
     minute: int = -1
@@ -212,13 +244,12 @@ class _Recent:
     minutes: _Ring = field(default_factory=lambda: _Ring.of(60, _MINUTES_KEPT))
     hours: _Ring = field(default_factory=lambda: _Ring.of(3600, _HOURS_KEPT))
 
-    def add(self, events: tuple[int, ...], now_s: int) -> None:
+    def add(self, counts: list[int], now_s: int) -> None:
         minute = now_s // 60
         if minute != self.minute:
             self.close()
             self.minute = minute
-        for event in events:
-            self.counts[event] += 1
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
 
     def close(self) -> None:
         if self.minute >= 0 and any(self.counts):
@@ -268,28 +299,22 @@ class NamespaceCounters:
     def _labelled(label: str) -> _Namespace:
         return _Namespace(tuple(counter.labels(label) for counter in _NAMESPACE_COUNTERS))
 
-    def count(self, namespace: str, events: tuple[int, ...]) -> None:
+    def add(self, namespace: str, counts: list[int]) -> None:
+        """Count ``counts`` (one per ``NAMESPACE_EVENTS`` entry) against ``namespace``."""
         counted = self._namespaces.get(namespace)
         if counted is None:
             if len(self._namespaces) < self.max_namespaces and namespace != OTHER_NAMESPACE:
                 counted = self._namespaces[namespace] = self._labelled(namespace)
             else:
                 counted = self._other
-        for event in events:
-            counted.children[event].inc()
-        counted.recent.add(events, int(self._clock()))
-
-    def count_answer(self, route: str, outcome: str, scope: Scope) -> None:
-        """Count a records answer against its namespace, if it is one the counters watch."""
-        events = _EVENTS_BY_ANSWER.get((route, outcome))
-        if events is None:
-            return
-        if scope["state"].get("attempt", 1) > 1:
-            events = (*events, _TAKEOVERS)
-        self.count(scope["path_params"]["namespace"], events)
+        for child, count in zip(counted.children, counts, strict=True):
+            if count:
+                child.inc(count)
+        counted.recent.add(counts, int(self._clock()))
 
     def totals(self) -> list[NamespaceTotals]:
         """Every label's recent counts, ``other`` last."""
+        _LEDGER.settle()
         now_s = int(self._clock())
         labelled = [*self._namespaces.items(), (OTHER_NAMESPACE, self._other)]
         for _, counted in labelled:
@@ -334,8 +359,6 @@ class _JSONFormatter(logging.Formatter):
 # What the access log line of one request says, in the order its fields appear:
 # (ts, request_id, method, path, status, outcome, principal, duration_s).
 _AccessEntry = tuple[float, str, str, str, int, str, str | None, float]
-# Buffered access lines leave at once beyond this many (about 64 KiB of lines).
-_MAX_BUFFERED_LINES = 256
 
 
 def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
@@ -364,22 +387,14 @@ def _access_text(entry: _AccessEntry) -> str:
 
 
 class _JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each line at once, except access lines, which are buffered like nginx's.
+    """Writes each line at once; access lines come from the ledger in batches (``_Ledger``).
 
-    An access line waits as its values and is formatted with the others of its buffer when
-    they are written: ``flush_interval_ms`` after the first of them (with 0, at the end of the
-    event loop's turn), as soon as ``_MAX_BUFFERED_LINES`` wait, before any other line (so the
-    log stays in order), and when the worker stops (``flush``, which the lifespan's end and
-    logging at exit call). Formatting a buffer in one go, away from the requests, costs less
-    per line than formatting each line amid its request.
+    Before any other line it settles the ledger, so the access lines of requests answered
+    earlier are written first and the log stays in order.
     """
 
-    def __init__(self, *, flush_interval_ms: int) -> None:
-        super().__init__()
-        self.flush_interval_s = flush_interval_ms / 1000
-        self._pending: list[_AccessEntry] = []
-
     def emit(self, record: logging.LogRecord) -> None:
+        _LEDGER.settle()
         try:
             line = self.format(record) + self.terminator
         except Exception:
@@ -387,40 +402,22 @@ class _JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._write(line)
 
-    def buffer_access_line(self, entry: _AccessEntry) -> None:
-        """Keep an access line for the next write; for ``_account``, on the event loop, when
-        ``_direct_access_handler`` found this handler the only one it would reach, unfiltered.
-        """
-        with self.lock:  # type: ignore[union-attr]
-            if self._pending:
-                self._pending.append(entry)
-                if len(self._pending) >= _MAX_BUFFERED_LINES:
-                    self._write("")
-                return
-            self._pending.append(entry)
-        # The buffer's first line: on Python 3.11 each loop look-up is a system call.
-        loop = asyncio.get_running_loop()
-        if self.flush_interval_s:
-            loop.call_later(self.flush_interval_s, self.flush)
-        else:
-            loop.call_soon(self.flush)
+    def write_access_lines(self, entries: list[_AccessEntry]) -> None:
+        """Write ``entries`` as access lines, in one write; for ``_Ledger.settle``, when
+        ``_direct_access_handler`` found this handler the only one they would reach."""
+        self._write("".join([_access_text(entry) + self.terminator for entry in entries]))
 
     def _write(self, text: str) -> None:
-        """Write the buffered access lines, then ``text``, in one write."""
         with self.lock:  # type: ignore[union-attr]
-            if self._pending:
-                entries, self._pending = self._pending, []
-                lines = [_access_text(entry) for entry in entries]
-                text = self.terminator.join(lines) + self.terminator + text
-            if text:
-                try:
-                    self.stream.write(text)
-                    self.stream.flush()
-                except Exception:
-                    self.handleError(logging.makeLogRecord({"msg": text}))
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": text}))
 
     def flush(self) -> None:
-        self._write("")
+        _LEDGER.settle()
+        super().flush()
 
 
 def _direct_access_handler() -> _JSONLinesHandler | None:
@@ -442,37 +439,37 @@ def _direct_access_handler() -> _JSONLinesHandler | None:
     return handler
 
 
-def _logging_config(level: str, *, access_log_flush_ms: int) -> dict[str, Any]:
+def _logging_config(level: str) -> dict[str, Any]:
     """One JSON object per line on stderr, each carrying the request ID it belongs to.
 
     As a ``logging.config`` dictionary, which uvicorn applies in each worker process too.
-    Access lines are buffered for up to ``access_log_flush_ms`` (see ``_JSONLinesHandler``).
     """
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "handlers": {"json": {"()": _json_lines_handler, "flush_interval_ms": access_log_flush_ms}},
+        "handlers": {"json": {"()": _json_lines_handler}},
         "root": {"level": level.upper(), "handlers": ["json"]},
     }
 
 
-def _json_lines_handler(*, flush_interval_ms: int) -> _JSONLinesHandler:
-    handler = _JSONLinesHandler(flush_interval_ms=flush_interval_ms)
+def _json_lines_handler() -> _JSONLinesHandler:
+    handler = _JSONLinesHandler()
     handler.setFormatter(_JSONFormatter())
     # The JSON lines show neither threads nor processes: logging need not look them up.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return handler
 
 
-def configure_logging(level: str, *, access_log_flush_ms: int) -> dict[str, Any]:
+def configure_logging(level: str) -> dict[str, Any]:
     """Apply ``_logging_config`` to this process; the configuration, for uvicorn's workers."""
-    config = _logging_config(level, access_log_flush_ms=access_log_flush_ms)
+    config = _logging_config(level)
     logging.config.dictConfig(config)
     return config
 
 
 def flush_logs() -> None:
-    """Write what the log handlers hold, buffered access lines included: at shutdown."""
+    """Settle the ledger and write what the log handlers hold: at shutdown."""
+    _LEDGER.settle()
     for handler in logging.root.handlers:
         handler.flush()
 
@@ -483,8 +480,137 @@ def _route_template(scope: Scope) -> str:
     return path or "unmatched"
 
 
+# One answered request, as the ledger keeps it until it is settled:
+# (the middleware that answered it, its scope, status, duration_s, ts).
+_Answer = tuple["RequestContextMiddleware", Scope, int, float, float]
+# The ledger is settled at once beyond this many answers (about 64 KiB of access lines).
+_MAX_UNSETTLED = 256
+
+
+class _Ledger:
+    """This process's answered requests, counted into the metrics and logged in batches.
+
+    A request's own part is one ``add``. Settling counts a batch in one pass (each request
+    series, latency bucket and namespace counter incremented once per batch) and writes its
+    access lines in one write, as nginx's ``access_log ... buffer= flush=`` does: doing this
+    per request, amid the request, cost more. The ledger is settled the middleware's
+    ``settle_interval_s`` after the first answer it holds (at the end of the event loop's turn
+    with 0), at ``_MAX_UNSETTLED`` answers, before ``/metrics`` and the console read the counts
+    (so this worker's are always current), before any other log line is written (so the log
+    stays in order), and when the worker stops. Another worker's counts reach a shared
+    ``PROMETHEUS_MULTIPROC_DIR`` when it next settles; a worker killed outright loses the
+    answers of its last interval.
+    """
+
+    def __init__(self) -> None:
+        # A deque: a log line from another thread settles too, and its appends and pops
+        # are atomic.
+        self._unsettled: collections.deque[_Answer] = collections.deque()
+
+    def add(self, answer: _Answer) -> None:
+        unsettled = self._unsettled
+        unsettled.append(answer)
+        if len(unsettled) == 1:
+            # On Python 3.11 each loop look-up is a system call: once per batch.
+            loop = asyncio.get_running_loop()
+            if interval_s := answer[0].settle_interval_s:
+                loop.call_later(interval_s, self.settle)
+            else:
+                loop.call_soon(self.settle)
+        elif len(unsettled) >= _MAX_UNSETTLED:
+            self.settle()
+
+    def settle(self) -> None:
+        """Count and log every answer added so far."""
+        unsettled = self._unsettled
+        answers = []
+        while unsettled:
+            answers.append(unsettled.popleft())
+        if not answers:
+            return
+        _count(answers)
+        if access_log.isEnabledFor(logging.INFO):
+            lines = [
+                (
+                    ts,
+                    scope["state"]["request_id"],
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    _outcome(scope, status),
+                    scope["state"].get("principal"),
+                    duration_s,
+                )
+                for front, scope, status, duration_s, ts in answers
+                if front.log_requests
+            ]
+            if lines:
+                _log_access_lines(lines)
+
+
+def _outcome(scope: Scope, status: int) -> str:
+    outcome: str = scope["state"].get("outcome", "ok" if status < 400 else "error")
+    return outcome
+
+
+def _count(answers: list[_Answer]) -> None:
+    """Count ``answers`` into the request series, the latency histogram and the namespaces."""
+    requests: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
+    latencies: dict[str, tuple[list[int], list[float]]] = {}
+    namespaces: dict[tuple[NamespaceCounters, str], list[int]] = {}
+    for front, scope, status, duration_s, _ in answers:
+        route = _route_template(scope)
+        outcome = _outcome(scope, status)
+        requests[route, scope["method"], status, outcome] += 1
+        latency = latencies.get(route)
+        if latency is None:
+            latency = latencies[route] = ([0] * (len(_LATENCY_BOUNDS_S) + 1), [0.0])
+        latency[0][_latency_bucket(duration_s)] += 1
+        latency[1][0] += duration_s
+        events = _EVENTS_BY_ANSWER.get((route, outcome))
+        if events is not None:
+            namespace = scope["path_params"]["namespace"]
+            counts = namespaces.get((front.namespaces, namespace))
+            if counts is None:
+                counts = namespaces[front.namespaces, namespace] = [0] * len(NAMESPACE_EVENTS)
+            for event in events:
+                counts[event] += 1
+            if scope["state"].get("attempt", 1) > 1:
+                counts[_TAKEOVERS] += 1
+    for series, count in requests.items():
+        _request_series(*series).inc(count)
+    for route, (buckets, sum_s) in latencies.items():
+        _observe_many(_latency_series(route), buckets, sum_s[0])
+    for (counters, namespace), counts in namespaces.items():
+        counters.add(namespace, counts)
+
+
+def _log_access_lines(lines: list[_AccessEntry]) -> None:
+    direct = _direct_access_handler()
+    if direct is not None:
+        direct.write_access_lines(lines)
+        return
+    for entry in lines:  # as access_log.info would, without looking up the caller's file and line
+        access_log.handle(
+            access_log.makeRecord(
+                access_log.name,
+                logging.INFO,
+                "(unknown file)",
+                0,
+                "request",
+                (),
+                None,
+                extra={"fields": _access_fields(entry), "request_id": entry[1]},
+            )
+        )
+
+
+_LEDGER = _Ledger()
+
+
 class RequestContextMiddleware:
-    """Gives each request an ID (the caller's, if sane), then counts, times and logs it.
+    """Gives each request an ID (the caller's, if sane), times it, and adds its answer to the
+    ledger, which counts and logs it (``_Ledger``, within ``settle_interval_ms``).
 
     It also turns an unexpected exception into ``internal_error`` (a 500 problem that still
     carries the request ID), and bounds bodies to ``max_body_bytes``: one declared larger is
@@ -503,9 +629,11 @@ class RequestContextMiddleware:
         namespaces: NamespaceCounters,
         internal_error: Callable[[], Response],
         body_too_large: Callable[[], Response],
+        settle_interval_ms: int,
     ) -> None:
         self.app = app
         self.log_requests = log_requests
+        self.settle_interval_s = settle_interval_ms / 1000
         self.max_body_bytes = max_body_bytes
         self.namespaces = namespaces
         self.internal_error = internal_error
@@ -517,7 +645,7 @@ class RequestContextMiddleware:
             return
         request_id = self._request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
-        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+        header = (_REQUEST_ID_HEADER_NAME, request_id.encode())
         status = 0
         started = time.perf_counter()
         declared, chunked = self._body_framing(scope)
@@ -562,42 +690,8 @@ class RequestContextMiddleware:
             if status == 0:
                 await self.internal_error()(scope, bounded_receive, send_with_request_id)
         finally:
-            self._account(scope, status, time.perf_counter() - started)
+            _LEDGER.add((self, scope, status, time.perf_counter() - started, time.time()))
             _request_id.reset(token)
-
-    def _account(self, scope: Scope, status: int, elapsed: float) -> None:
-        route = _route_template(scope)
-        outcome = scope["state"].get("outcome", "ok" if status < 400 else "error")
-        _request_series(route, scope["method"], status, outcome).inc()
-        _latency_series(route).observe(elapsed)
-        self.namespaces.count_answer(route, outcome, scope)
-        if self.log_requests and access_log.isEnabledFor(logging.INFO):
-            entry = (
-                time.time(),
-                current_request_id(),
-                scope["method"],
-                scope["path"],
-                status,
-                outcome,
-                scope["state"].get("principal"),
-                elapsed,
-            )
-            direct = _direct_access_handler()
-            if direct is not None:
-                direct.buffer_access_line(entry)
-            else:  # as access_log.info would, without looking up the caller's file and line
-                access_log.handle(
-                    access_log.makeRecord(
-                        access_log.name,
-                        logging.INFO,
-                        "(unknown file)",
-                        0,
-                        "request",
-                        (),
-                        None,
-                        extra={"fields": _access_fields(entry)},
-                    )
-                )
 
     @staticmethod
     def _body_framing(scope: Scope) -> tuple[int, bool]:
@@ -618,4 +712,4 @@ class RequestContextMiddleware:
                 if _SANE_REQUEST_ID.fullmatch(candidate):
                     return candidate
                 break
-        return os.urandom(16).hex()  # as unique as a uuid4, without its object
+        return new_request_id()
