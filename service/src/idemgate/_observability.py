@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import (
@@ -480,9 +480,28 @@ def _route_template(scope: Scope) -> str:
     return path or "unmatched"
 
 
-# One answered request, as the ledger keeps it until it is settled:
-# (the middleware that answered it, its scope, status, duration_s, ts).
-_Answer = tuple["RequestContextMiddleware", Scope, int, float, float]
+class _Answer(NamedTuple):
+    """One answered request, as the ledger keeps it until it is settled.
+
+    Only strings and numbers besides the middleware: a batch that kept each request's scope
+    alive would age it into the collector's older generations, whose collections walk the
+    whole heap.
+    """
+
+    front: RequestContextMiddleware
+    route: str
+    method: str
+    path: str
+    status: int
+    outcome: str
+    namespace: str | None
+    took_over_lease: bool
+    request_id: str
+    principal: str | None
+    duration_s: float
+    ts: float
+
+
 # The ledger is settled at once beyond this many answers (about 64 KiB of access lines).
 _MAX_UNSETTLED = 256
 
@@ -513,7 +532,7 @@ class _Ledger:
         if len(unsettled) == 1:
             # On Python 3.11 each loop look-up is a system call: once per batch.
             loop = asyncio.get_running_loop()
-            if interval_s := answer[0].settle_interval_s:
+            if interval_s := answer.front.settle_interval_s:
                 loop.call_later(interval_s, self.settle)
             else:
                 loop.call_soon(self.settle)
@@ -532,25 +551,20 @@ class _Ledger:
         if access_log.isEnabledFor(logging.INFO):
             lines = [
                 (
-                    ts,
-                    scope["state"]["request_id"],
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    _outcome(scope, status),
-                    scope["state"].get("principal"),
-                    duration_s,
+                    a.ts,
+                    a.request_id,
+                    a.method,
+                    a.path,
+                    a.status,
+                    a.outcome,
+                    a.principal,
+                    a.duration_s,
                 )
-                for front, scope, status, duration_s, ts in answers
-                if front.log_requests
+                for a in answers
+                if a.front.log_requests
             ]
             if lines:
                 _log_access_lines(lines)
-
-
-def _outcome(scope: Scope, status: int) -> str:
-    outcome: str = scope["state"].get("outcome", "ok" if status < 400 else "error")
-    return outcome
 
 
 def _count(answers: list[_Answer]) -> None:
@@ -558,24 +572,23 @@ def _count(answers: list[_Answer]) -> None:
     requests: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
     latencies: dict[str, tuple[list[int], list[float]]] = {}
     namespaces: dict[tuple[NamespaceCounters, str], list[int]] = {}
-    for front, scope, status, duration_s, _ in answers:
-        route = _route_template(scope)
-        outcome = _outcome(scope, status)
-        requests[route, scope["method"], status, outcome] += 1
+    for answer in answers:
+        route, outcome = answer.route, answer.outcome
+        requests[route, answer.method, answer.status, outcome] += 1
         latency = latencies.get(route)
         if latency is None:
             latency = latencies[route] = ([0] * (len(_LATENCY_BOUNDS_S) + 1), [0.0])
-        latency[0][_latency_bucket(duration_s)] += 1
-        latency[1][0] += duration_s
+        latency[0][_latency_bucket(answer.duration_s)] += 1
+        latency[1][0] += answer.duration_s
         events = _EVENTS_BY_ANSWER.get((route, outcome))
-        if events is not None:
-            namespace = scope["path_params"]["namespace"]
-            counts = namespaces.get((front.namespaces, namespace))
+        if events is not None and answer.namespace is not None:
+            counted = answer.front.namespaces, answer.namespace
+            counts = namespaces.get(counted)
             if counts is None:
-                counts = namespaces[front.namespaces, namespace] = [0] * len(NAMESPACE_EVENTS)
+                counts = namespaces[counted] = [0] * len(NAMESPACE_EVENTS)
             for event in events:
                 counts[event] += 1
-            if scope["state"].get("attempt", 1) > 1:
+            if answer.took_over_lease:
                 counts[_TAKEOVERS] += 1
     for series, count in requests.items():
         _request_series(*series).inc(count)
@@ -690,8 +703,28 @@ class RequestContextMiddleware:
             if status == 0:
                 await self.internal_error()(scope, bounded_receive, send_with_request_id)
         finally:
-            _LEDGER.add((self, scope, status, time.perf_counter() - started, time.time()))
+            self._account(scope, status, time.perf_counter() - started)
             _request_id.reset(token)
+
+    def _account(self, scope: Scope, status: int, duration_s: float) -> None:
+        state = scope["state"]
+        path_params = scope.get("path_params")
+        _LEDGER.add(
+            _Answer(
+                self,
+                _route_template(scope),
+                scope["method"],
+                scope["path"],
+                status,
+                state.get("outcome", "ok" if status < 400 else "error"),
+                path_params.get("namespace") if path_params else None,
+                state.get("attempt", 1) > 1,
+                state["request_id"],
+                state.get("principal"),
+                duration_s,
+                time.time(),
+            )
+        )
 
     @staticmethod
     def _body_framing(scope: Scope) -> tuple[int, bool]:
