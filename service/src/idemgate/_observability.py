@@ -656,12 +656,12 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = self._request_id(scope)
+        given_id, declared, chunked = self._head(scope)
+        request_id = given_id or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (_REQUEST_ID_HEADER_NAME, request_id.encode())
         status = 0
         started = time.perf_counter()
-        declared, chunked = self._body_framing(scope)
         body_pending = chunked or declared > 0
         received = 0
 
@@ -727,22 +727,16 @@ class RequestContextMiddleware:
         )
 
     @staticmethod
-    def _body_framing(scope: Scope) -> tuple[int, bool]:
-        """The declared Content-Length (0 if none) and whether the body comes in chunks."""
-        declared, chunked = 0, False
+    def _head(scope: Scope) -> tuple[str | None, int, bool]:
+        """The caller's request ID if sane, the declared Content-Length (0 if none) and whether
+        the body comes in chunks."""
+        request_id, declared, chunked = None, 0, False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = int(value) if value.isdigit() else 0
             elif name == b"transfer-encoding":
                 chunked = True
-        return declared, chunked
-
-    @staticmethod
-    def _request_id(scope: Scope) -> str:
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            elif name == b"x-request-id" and request_id is None:
                 candidate: str = value.decode("latin-1")
-                if _SANE_REQUEST_ID.fullmatch(candidate):
-                    return candidate
-                break
-        return new_request_id()
+                request_id = candidate if _SANE_REQUEST_ID.fullmatch(candidate) else ""
+        return request_id or None, declared, chunked
