@@ -1,6 +1,6 @@
-"""The access log line is the same whether it is buffered by the JSON handler or goes through
-logging's handlers (when a filter or another handler is set); buffered lines all arrive, by
-their interval, before any other line and at shutdown."""
+"""The access log line is the same whether the ledger hands it to the JSON handler or it goes
+through logging's handlers (when a filter or another handler is set); buffered lines all
+arrive, by their interval, before any other line and at shutdown."""
 
 from __future__ import annotations
 

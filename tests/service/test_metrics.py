@@ -121,6 +121,23 @@ def test_namespaces_beyond_the_cap_share_the_other_label(capped_gateway: Gateway
     assert counter(values, "idemgate_claims_total", "other") - before >= 2
 
 
+def test_both_workers_answers_reach_the_shared_metrics(tmp_path: Path) -> None:
+    """Each worker counts its answers into the shared dir when its ledger is settled (by a
+    scrape it answers, or by its timer: the access log tests show the timer alone)."""
+    ns, claims = "two-workers", 12
+    env = {"IDEMGATE_ACCESS_LOG_FLUSH_MS": "200"}
+    with GatewayServer(storage=f"sqlite:///{tmp_path}/shared.db", workers=2, env=env) as gw:
+        for n in range(claims):  # a connection each, so either worker may answer
+            assert (
+                httpx.post(f"{gw.url}/v1/records/{ns}/k-{n}/claim", timeout=10).status_code == 201
+            )
+        deadline = time.monotonic() + 30
+        while (counted := counter(samples(gw), "idemgate_claims_total", ns)) < claims:
+            assert time.monotonic() < deadline, f"{counted} of {claims} claims counted"
+            time.sleep(0.05)
+        assert counted == claims
+
+
 def test_a_batch_of_durations_is_exposed_as_one_observe_each_would_expose_it() -> None:
     """The ledger counts a batch's durations into the latency histogram at once, through
     prometheus_client's internals: the exposition must be the one ``observe`` gives."""
