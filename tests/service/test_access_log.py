@@ -19,8 +19,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from idemgate import _observability
 from idemgate._app import create_app
-from idemgate._observability import access_log, configure_logging
+from idemgate._observability import (
+    NamespaceCounters,
+    RequestContextMiddleware,
+    access_log,
+    configure_logging,
+)
 from idemgate._settings import Settings
 from idemgate.testing import GatewayServer, free_port
 
@@ -215,3 +221,32 @@ def test_every_worker_process_writes_json_lines(tmp_path: Path) -> None:
             lambda: sum(line["msg"].startswith("serving with") for line in _logged(log)) >= 2,
             "the second worker's start line",
         )
+
+
+def test_a_loop_closed_before_its_timer_fired_leaves_no_answer_unsettled() -> None:
+    """An app served without its lifespan may leave answers behind when its loop closes: the
+    next loop's first answer schedules a timer of its own for them."""
+    front = RequestContextMiddleware(
+        app=lambda scope, receive, send: None,  # type: ignore[arg-type,return-value]
+        log_requests=False,
+        max_body_bytes=0,
+        namespaces=NamespaceCounters(max_namespaces=1),
+        internal_error=lambda: None,  # type: ignore[arg-type,return-value]
+        body_too_large=lambda: None,  # type: ignore[arg-type,return-value]
+        settle_interval_ms=0,
+    )
+    scope = {"method": "GET", "path": "/", "state": {"request_id": "r"}}
+    ledger = _observability._LEDGER
+    ledger.settle()
+
+    async def answer_once(closing: bool) -> None:
+        front._account(scope, 200, 0.001)
+        if not closing:
+            await asyncio.sleep(0)  # the timer's turn
+
+    front.settle_interval_s = 60.0
+    asyncio.run(answer_once(closing=True))  # its timer never fires
+    assert len(ledger._unsettled) == 1
+    front.settle_interval_s = 0.0
+    asyncio.run(answer_once(closing=False))
+    assert not ledger._unsettled

@@ -525,13 +525,15 @@ class _Ledger:
         # A deque: a log line from another thread settles too, and its appends and pops
         # are atomic.
         self._unsettled: collections.deque[_Answer] = collections.deque()
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, answer: _Answer) -> None:
         unsettled = self._unsettled
         unsettled.append(answer)
-        if len(unsettled) == 1:
-            # On Python 3.11 each loop look-up is a system call: once per batch.
-            loop = asyncio.get_running_loop()
+        if len(unsettled) == 1 or self._timer_loop is None or self._timer_loop.is_closed():
+            # Once per batch, or when the loop of the last timer closed before it fired (an
+            # app served without its lifespan): on Python 3.11 a loop look-up is a system call.
+            loop = self._timer_loop = asyncio.get_running_loop()
             if interval_s := answer.front.settle_interval_s:
                 loop.call_later(interval_s, self.settle)
             else:
