@@ -63,9 +63,10 @@ class GatewayApp(FastAPI):
     """FastAPI behind the gateway's own front layers, which every HTTP request passes.
 
     ``front`` is, from the outside in: the request context (request ID, body limit, metrics,
-    access log), the auth gate, then the records lane, which serves the records routes from
-    their endpoints; everything else goes on to FastAPI (``behind_front``). A middleware added
-    to FastAPI would only see that remainder, so adding one is refused: add a front layer.
+    access log), the auth gate (when there is a policy), then the records lane, which serves
+    the records routes from their endpoints; everything else goes on to FastAPI
+    (``behind_front``). A middleware added to FastAPI would only see that remainder, so adding
+    one is refused: add a front layer.
     """
 
     front: ASGIApp | None = None
@@ -158,13 +159,11 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     )
+    served: ASGIApp = records.RecordsLane(app.behind_front)
+    if policy is not None:  # in open mode there is nothing to check
+        served = AuthGate(served, policy=policy, iam=iam, error_response=error_response)
     app.front = RequestContextMiddleware(
-        AuthGate(
-            records.RecordsLane(app.behind_front),
-            policy=policy,
-            iam=iam,
-            error_response=error_response,
-        ),
+        served,
         log_requests=settings.access_log,
         max_body_bytes=settings.max_result_bytes * 2 + _BODY_OVERHEAD_BYTES,
         namespaces=app.state.namespace_counters,
