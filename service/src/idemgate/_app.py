@@ -70,6 +70,10 @@ class GatewayApp(FastAPI):
     """
 
     front: ASGIApp | None = None
+    # What handlers read per request (idemgate._deps): plain attributes, as ``app.state``
+    # answers each read through a failed attribute look-up and a call.
+    records: RecordService  # set by the lifespan, in each worker
+    settings: Settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.front is not None:
@@ -114,9 +118,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     )
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         storage = open_storage(settings)
-        app.state.records = RecordService(storage)
+        app.records = RecordService(storage)
         sweeper = asyncio.create_task(_sweep_forever(storage, settings.sweep_interval_s))
         if isinstance(storage, SQLiteStorage):
             logger.info("serving with sqlite storage in %s", storage.path.resolve())
@@ -142,7 +146,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         # The gateway has its own metrics and log, for every request alike.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
+    app.settings = settings
     app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     if policy is not None:
         describe = app.openapi
