@@ -369,6 +369,7 @@ def test_bad_bodies_are_400_invalid_request_and_change_nothing(
         "/v1/records/ns/has%23hash",
         "/v1/records/ns/" + "k" * 256,
         "/v1/records/ns/%C3%A9",
+        "/v1/records/ns/ends-in-a-newline%0A",
     ],
 )
 def test_bad_names_are_400_invalid_request(client: httpx.Client, path: str) -> None:

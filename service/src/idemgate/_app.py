@@ -63,12 +63,17 @@ class GatewayApp(FastAPI):
     """FastAPI behind the gateway's own front layers, which every HTTP request passes.
 
     ``front`` is, from the outside in: the request context (request ID, body limit, metrics,
-    access log), the auth gate, then the records lane, which serves the records routes from
-    their endpoints; everything else goes on to FastAPI (``behind_front``). A middleware added
-    to FastAPI would only see that remainder, so adding one is refused: add a front layer.
+    access log), the auth gate (when there is a policy), then the records lane, which serves
+    the records routes from their endpoints; everything else goes on to FastAPI
+    (``behind_front``). A middleware added to FastAPI would only see that remainder, so adding
+    one is refused: add a front layer.
     """
 
     front: ASGIApp | None = None
+    # What handlers read per request (idemgate._deps): plain attributes, as ``app.state``
+    # answers each read through a failed attribute look-up and a call.
+    records: RecordService  # set by the lifespan, in each worker
+    settings: Settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.front is not None:
@@ -113,9 +118,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     )
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         storage = open_storage(settings)
-        app.state.records = RecordService(storage)
+        app.records = RecordService(storage)
         sweeper = asyncio.create_task(_sweep_forever(storage, settings.sweep_interval_s))
         if isinstance(storage, SQLiteStorage):
             logger.info("serving with sqlite storage in %s", storage.path.resolve())
@@ -141,7 +146,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         # The gateway has its own metrics and log, for every request alike.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
+    app.settings = settings
     app.state.namespace_counters = NamespaceCounters(max_namespaces=settings.metrics_max_namespaces)
     if policy is not None:
         describe = app.openapi
@@ -158,13 +163,11 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     )
+    served: ASGIApp = records.RecordsLane(app.behind_front)
+    if policy is not None:  # in open mode there is nothing to check
+        served = AuthGate(served, policy=policy, iam=iam, error_response=error_response)
     app.front = RequestContextMiddleware(
-        AuthGate(
-            records.RecordsLane(app.behind_front),
-            policy=policy,
-            iam=iam,
-            error_response=error_response,
-        ),
+        served,
         log_requests=settings.access_log,
         max_body_bytes=settings.max_result_bytes * 2 + _BODY_OVERHEAD_BYTES,
         namespaces=app.state.namespace_counters,

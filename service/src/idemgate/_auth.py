@@ -509,15 +509,15 @@ class AuthGate:
 
     Records calls (``/v1/records/{namespace}/...``) need a principal whose namespaces match;
     ``DELETE`` and every other path need the ``admin`` role too. The decision uses the path
-    and method only, so a refusal is the same whether a record exists or not. ``policy`` is
-    None in open mode, where everything passes.
+    and method only, so a refusal is the same whether a record exists or not. In open mode
+    (no policy) the gateway has no gate at all.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        policy: PolicyFile | None,
+        policy: PolicyFile,
         iam: IamVerifier | None,
         error_response: Callable[[ProblemError], Response],
     ) -> None:
@@ -527,7 +527,7 @@ class AuthGate:
         self.error_response = error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.policy is None or scope["type"] != "http":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]

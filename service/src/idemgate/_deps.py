@@ -13,12 +13,12 @@ __all__ = ["RecordsDep", "get_records", "records_of", "settings_of"]
 
 
 def records_of(request: Request) -> RecordService:
-    records: RecordService = request.app.state.records
+    records: RecordService = request.app.records
     return records
 
 
 def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.settings
     return settings
 
 

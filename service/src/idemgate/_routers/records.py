@@ -244,10 +244,15 @@ def _invalid_path(namespace: str, key: str) -> InvalidRequestError:
     )
 
 
+async def _refuse_path(request: Request, namespace: str, key: str) -> Response:
+    raise _invalid_path(namespace, key)
+
+
 class RecordRoute(APIRoute):
     """A records route: FastAPI documents it from the endpoint's signature; ``RecordsLane``
-    serves it with ``lane_handler``, which checks the path, reads the body into the
-    endpoint's ``body`` model and calls the endpoint, with no dependency solving.
+    serves it with ``lane_handler``, which reads the body into the endpoint's ``body`` model
+    and calls the endpoint, with no dependency solving, once the path's namespace and key
+    are known to match their patterns.
     """
 
     def lane_handler(self) -> LaneHandler:
@@ -255,8 +260,6 @@ class RecordRoute(APIRoute):
         body_model = get_type_hints(endpoint).get("body")
 
         async def serve(request: Request, namespace: str, key: str) -> Response:
-            if not (_NAMESPACE.fullmatch(namespace) and _KEY.fullmatch(key)):
-                raise _invalid_path(namespace, key)
             response: Response
             if body_model is None:
                 response = await endpoint(request, namespace=namespace, key=key)
@@ -273,7 +276,10 @@ class RecordRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             params = request.path_params
-            return await serve(request, params["namespace"], params["key"])
+            namespace, key = params["namespace"], params["key"]
+            if not (_NAMESPACE.fullmatch(namespace) and _KEY.fullmatch(key)):
+                raise _invalid_path(namespace, key)
+            return await serve(request, namespace, key)
 
         return handle
 
@@ -566,7 +572,12 @@ async def list_records(
     )
 
 
-_LANE_PREFIX = router.prefix.split("/")[:3]
+# "/v1/records/{namespace}/{key}[/{action}]": a namespace and a key that match their patterns
+# (groups 1 and 2), or other segments (groups 3 and 4), which the lane refuses.
+_LANE_PATH = re.compile(
+    re.escape(router.prefix.removesuffix("/{namespace}/{key}"))
+    + f"/(?:({NAMESPACE_PATTERN[1:-1]})/({KEY_PATTERN[1:-1]})|([^/]+)/([^/]+))(/[^/]+)?"
+)
 
 
 async def _not_found(request: Request, namespace: str = "", key: str = "") -> Response:
@@ -625,18 +636,17 @@ class RecordsLane:
     def _match(self, scope: Scope) -> tuple[RecordRoute, LaneHandler, str, str] | None:
         if scope["type"] != "http" or scope.get("root_path"):
             return None
-        # "/v1/records/{namespace}/{key}[/{action}]" splits into "", "v1", "records", ...
-        names = scope["path"].split("/")
-        if len(names) == 5:
-            action = ""
-        elif len(names) == 6 and names[5]:
-            action = "/" + names[5]
-        else:
+        path = _LANE_PATH.fullmatch(scope["path"])
+        if path is None:
             return None
-        if names[:3] != _LANE_PREFIX or not (names[3] and names[4]):
+        namespace, key, other_namespace, other_key, action = path.groups()
+        found = self._routes.get((scope["method"], action or ""))
+        if found is None:
             return None
-        found = self._routes.get((scope["method"], action))
-        return None if found is None else (*found, names[3], names[4])
+        route, serve = found
+        if namespace is None:
+            return route, _refuse_path, other_namespace, other_key
+        return route, serve, namespace, key
 
 
 _SERVED_PARAMETERS = {"namespace", "key", "body"}
