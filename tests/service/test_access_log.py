@@ -250,3 +250,18 @@ def test_a_loop_closed_before_its_timer_fired_leaves_no_answer_unsettled() -> No
     front.settle_interval_s = 0.0
     asyncio.run(answer_once(closing=False))
     assert not ledger._unsettled
+
+
+def test_a_failure_to_count_still_writes_the_batch_and_says_why(
+    tmp_path: Path, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(answers: list[Any]) -> None:
+        raise RuntimeError("the metrics are gone")
+
+    monkeypatch.setattr(_observability, "_count", broken)
+    (line,) = _access_lines(tmp_path, log_stream, "uncounted")
+    assert (line["status"], line["outcome"]) == (201, "claimed")
+    errors = [json.loads(text) for text in log_stream.getvalue().splitlines()]
+    (error,) = [e for e in errors if e["level"] == "error"]
+    assert error["msg"] == "counting 1 answered requests into the metrics failed"
+    assert "the metrics are gone" in error["exc"]

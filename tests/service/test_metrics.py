@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -13,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from idemgate import _observability
+from idemgate._observability import NamespaceCounters, RequestContextMiddleware
 from idemgate.testing import GatewayServer
 
 NAMESPACE_COUNTERS = (
@@ -162,3 +167,60 @@ def _without_created(registry: CollectorRegistry) -> list[str]:
     """The exposition's lines but the ``_created`` timestamp, which differs by construction."""
     lines = generate_latest(registry).decode().splitlines()
     return [line for line in lines if "_created" not in line]
+
+
+def test_log_lines_from_another_thread_never_settle_alongside_the_loop() -> None:
+    """A log line from an executor thread asks the loop to settle; the loop settles alone, so
+    every answer is counted exactly once and nothing raises in either thread."""
+    counters = NamespaceCounters(max_namespaces=1)
+    front = RequestContextMiddleware(
+        app=lambda scope, receive, send: None,  # type: ignore[arg-type,return-value]
+        log_requests=False,
+        max_body_bytes=0,
+        namespaces=counters,
+        internal_error=lambda: None,  # type: ignore[arg-type,return-value]
+        body_too_large=lambda: None,  # type: ignore[arg-type,return-value]
+        settle_interval_ms=60_000,
+    )
+    scope = {
+        "method": "POST",
+        "path": "/v1/records/threads/k/claim",
+        "route": SimpleNamespace(path_format=CLAIM_ROUTE),
+        "path_params": {"namespace": "threads"},
+        "state": {"request_id": "r", "outcome": "claimed"},
+    }
+    answers, errors = 20_000, []
+    stop = threading.Event()
+
+    def settle_from_a_thread() -> None:
+        while not stop.is_set():
+            try:
+                _observability._LEDGER.settle()
+            except Exception as error:  # the failure this test guards against
+                errors.append(error)
+                return
+
+    async def answer_all() -> None:
+        worker = threading.Thread(target=settle_from_a_thread)
+        worker.start()
+        try:
+            for n in range(answers):
+                front._account(scope, 201, 0.001)
+                if n % 3 == 0:
+                    _observability._LEDGER.settle()
+                if n % 100 == 0:
+                    await asyncio.sleep(0)  # the thread's requests get their turn
+        finally:
+            stop.set()
+            worker.join()
+        _observability._LEDGER.settle()
+
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        asyncio.run(answer_all())
+    finally:
+        sys.setswitchinterval(saved)
+    assert errors == []
+    (totals,) = [t for t in counters.totals() if t.namespace == "threads"]
+    assert totals.total("claims", hours=1) == answers

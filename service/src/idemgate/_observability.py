@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import contextvars
 import functools
 import logging
@@ -12,6 +13,7 @@ import logging.config
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -394,7 +396,10 @@ class _JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """
 
     def emit(self, record: logging.LogRecord) -> None:
-        _LEDGER.settle()
+        try:
+            _LEDGER.settle()
+        except Exception:
+            self.handleError(record)
         try:
             line = self.format(record) + self.terminator
         except Exception:
@@ -522,10 +527,11 @@ class _Ledger:
     """
 
     def __init__(self) -> None:
-        # A deque: a log line from another thread settles too, and its appends and pops
-        # are atomic.
+        # A deque, whose appends and pops are atomic: a log line from another thread asks
+        # for a settling too (see ``settle``).
         self._unsettled: collections.deque[_Answer] = collections.deque()
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     def add(self, answer: _Answer) -> None:
         unsettled = self._unsettled
@@ -534,39 +540,56 @@ class _Ledger:
             # Once per batch, or when the loop of the last timer closed before it fired (an
             # app served without its lifespan): on Python 3.11 a loop look-up is a system call.
             loop = self._timer_loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
             if interval_s := answer.front.settle_interval_s:
                 loop.call_later(interval_s, self.settle)
             else:
                 loop.call_soon(self.settle)
-        elif len(unsettled) >= _MAX_UNSETTLED:
-            self.settle()
+        elif len(unsettled) == _MAX_UNSETTLED:
+            # Not inline: whatever goes wrong in settling must not fall on this request.
+            self._timer_loop.call_soon(self.settle)
 
     def settle(self) -> None:
-        """Count and log every answer added so far."""
-        unsettled = self._unsettled
+        """Count and log every answer added so far, on the event loop's thread.
+
+        Called from another thread (a log line from an executor), it asks the loop to settle
+        instead: two settlings at once would count into the same namespace counters.
+        """
+        loop = self._timer_loop
+        if self._loop_thread != threading.get_ident() and loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: settle here, alone now
+                loop.call_soon_threadsafe(self.settle)
+                return
         answers = []
-        while unsettled:
-            answers.append(unsettled.popleft())
+        with contextlib.suppress(IndexError):
+            while True:
+                answers.append(self._unsettled.popleft())
         if not answers:
             return
-        _count(answers)
-        if access_log.isEnabledFor(logging.INFO):
-            lines = [
-                (
-                    a.ts,
-                    a.request_id,
-                    a.method,
-                    a.path,
-                    a.status,
-                    a.outcome,
-                    a.principal,
-                    a.duration_s,
+        try:
+            _count(answers)
+        except Exception:
+            logging.getLogger("idemgate").exception(
+                "counting %d answered requests into the metrics failed", len(answers)
+            )
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access_lines(
+                    [
+                        (
+                            a.ts,
+                            a.request_id,
+                            a.method,
+                            a.path,
+                            a.status,
+                            a.outcome,
+                            a.principal,
+                            a.duration_s,
+                        )
+                        for a in answers
+                        if a.front.log_requests
+                    ]
                 )
-                for a in answers
-                if a.front.log_requests
-            ]
-            if lines:
-                _log_access_lines(lines)
 
 
 def _count(answers: list[_Answer]) -> None:
@@ -601,23 +624,25 @@ def _count(answers: list[_Answer]) -> None:
 
 
 def _log_access_lines(lines: list[_AccessEntry]) -> None:
+    if not lines:
+        return
     direct = _direct_access_handler()
     if direct is not None:
         direct.write_access_lines(lines)
         return
     for entry in lines:  # as access_log.info would, without looking up the caller's file and line
-        access_log.handle(
-            access_log.makeRecord(
-                access_log.name,
-                logging.INFO,
-                "(unknown file)",
-                0,
-                "request",
-                (),
-                None,
-                extra={"fields": _access_fields(entry), "request_id": entry[1]},
-            )
+        record = access_log.makeRecord(
+            access_log.name,
+            logging.INFO,
+            "(unknown file)",
+            0,
+            "request",
+            (),
+            None,
+            extra={"fields": _access_fields(entry), "request_id": entry[1]},
         )
+        record.created, record.msecs = entry[0], entry[0] % 1 * 1000  # answered, not settled
+        access_log.handle(record)
 
 
 _LEDGER = _Ledger()
@@ -738,7 +763,7 @@ class RequestContextMiddleware:
                 declared = int(value) if value.isdigit() else 0
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name == b"x-request-id" and request_id is None:
+            elif name == _REQUEST_ID_HEADER_NAME and request_id is None:
                 candidate: str = value.decode("latin-1")
                 request_id = candidate if _SANE_REQUEST_ID.fullmatch(candidate) else ""
         return request_id or None, declared, chunked
