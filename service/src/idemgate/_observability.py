@@ -358,32 +358,49 @@ class _JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-# What the access log line of one request says, in the order its fields appear:
-# (ts, request_id, method, path, status, outcome, principal, duration_s).
-_AccessEntry = tuple[float, str, str, str, int, str, str | None, float]
+class _Answer(NamedTuple):
+    """One answered request, as the ledger keeps it until it is settled.
+
+    Only strings and numbers besides the middleware: a batch that kept each request's scope
+    alive would age it into the collector's older generations, whose collections walk the
+    whole heap.
+    """
+
+    front: RequestContextMiddleware
+    route: str
+    method: str
+    path: str
+    status: int
+    outcome: str
+    namespace: str | None
+    took_over_lease: bool
+    request_id: str
+    principal: str | None
+    duration_s: float
+    ts: float
 
 
-def _access_fields(entry: _AccessEntry) -> dict[str, Any]:
-    _, _, method, path, status, outcome, principal, duration_s = entry
+def _access_fields(answer: _Answer) -> dict[str, Any]:
+    """What an access line says after the members every line has, in this order."""
     return {
-        "method": method,
-        "path": path,
-        "status": status,
-        "outcome": outcome,
-        "principal": principal,
-        "duration_ms": round(duration_s * 1000, 3),
+        "method": answer.method,
+        "path": answer.path,
+        "status": answer.status,
+        "outcome": answer.outcome,
+        "principal": answer.principal,
+        "duration_ms": round(answer.duration_s * 1000, 3),
     }
 
 
-def _access_text(entry: _AccessEntry) -> str:
+def _access_text(answer: _Answer) -> str:
     """The access line as ``access_log.info("request")`` would have ``_JSONFormatter`` write it."""
     line = _json_line(
-        ts=entry[0],
+        ts=answer.ts,
         level="info",
         logger=access_log.name,
         msg="request",
-        request_id=entry[1],
-        fields=_access_fields(entry),
+        request_id=answer.request_id,
+        fields=_access_fields(answer),
     )
     return orjson.dumps(line, default=str).decode()
 
@@ -407,10 +424,10 @@ class _JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._write(line)
 
-    def write_access_lines(self, entries: list[_AccessEntry]) -> None:
-        """Write ``entries`` as access lines, in one write; for ``_Ledger.settle``, when
+    def write_access_lines(self, answers: list[_Answer]) -> None:
+        """Write the access lines of ``answers``, in one write; for ``_Ledger.settle``, when
         ``_direct_access_handler`` found this handler the only one they would reach."""
-        self._write("".join([_access_text(entry) + self.terminator for entry in entries]))
+        self._write("".join([_access_text(answer) + self.terminator for answer in answers]))
 
     def _write(self, text: str) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -485,29 +502,8 @@ def _route_template(scope: Scope) -> str:
     return path or "unmatched"
 
 
-class _Answer(NamedTuple):
-    """One answered request, as the ledger keeps it until it is settled.
-
-    Only strings and numbers besides the middleware: a batch that kept each request's scope
-    alive would age it into the collector's older generations, whose collections walk the
-    whole heap.
-    """
-
-    front: RequestContextMiddleware
-    route: str
-    method: str
-    path: str
-    status: int
-    outcome: str
-    namespace: str | None
-    took_over_lease: bool
-    request_id: str
-    principal: str | None
-    duration_s: float
-    ts: float
-
-
-# The ledger is settled at once beyond this many answers (about 64 KiB of access lines).
+# The ledger is settled in the event loop's next turn at this many answers (about 64 KiB of
+# access lines).
 _MAX_UNSETTLED = 256
 
 
@@ -574,22 +570,7 @@ class _Ledger:
             )
         finally:
             if access_log.isEnabledFor(logging.INFO):
-                _log_access_lines(
-                    [
-                        (
-                            a.ts,
-                            a.request_id,
-                            a.method,
-                            a.path,
-                            a.status,
-                            a.outcome,
-                            a.principal,
-                            a.duration_s,
-                        )
-                        for a in answers
-                        if a.front.log_requests
-                    ]
-                )
+                _log_access_lines([answer for answer in answers if answer.front.log_requests])
 
 
 def _count(answers: list[_Answer]) -> None:
@@ -623,14 +604,16 @@ def _count(answers: list[_Answer]) -> None:
         counters.add(namespace, counts)
 
 
-def _log_access_lines(lines: list[_AccessEntry]) -> None:
-    if not lines:
+def _log_access_lines(answers: list[_Answer]) -> None:
+    if not answers:
         return
     direct = _direct_access_handler()
     if direct is not None:
-        direct.write_access_lines(lines)
+        direct.write_access_lines(answers)
         return
-    for entry in lines:  # as access_log.info would, without looking up the caller's file and line
+    for (
+        answer
+    ) in answers:  # as access_log.info would, without looking up the caller's file and line
         record = access_log.makeRecord(
             access_log.name,
             logging.INFO,
@@ -639,9 +622,9 @@ def _log_access_lines(lines: list[_AccessEntry]) -> None:
             "request",
             (),
             None,
-            extra={"fields": _access_fields(entry), "request_id": entry[1]},
+            extra={"fields": _access_fields(answer), "request_id": answer.request_id},
         )
-        record.created, record.msecs = entry[0], entry[0] % 1 * 1000  # answered, not settled
+        record.created, record.msecs = answer.ts, answer.ts % 1 * 1000  # answered, not settled
         access_log.handle(record)
 
 
