@@ -329,12 +329,21 @@ class NamespaceCounters:
         ]
 
 
+def _thousandths(value: float) -> float:
+    """``value`` rounded to three decimals, as log lines show seconds and milliseconds.
+
+    Not ``round(value, 3)``, which goes through a decimal conversion, for every access line;
+    the two differ only where ``value * 1000`` lands on a half.
+    """
+    return round(value * 1000) / 1000
+
+
 def _json_line(
-    *, ts: float, level: str, logger: str, msg: str, request_id: str | None, fields: dict[str, Any]
+    ts: float, level: str, logger: str, msg: str, request_id: str | None, *, fields: dict[str, Any]
 ) -> dict[str, Any]:
     """A log line's JSON object, every line alike: these members first, then ``fields``."""
     return {
-        "ts": round(ts, 3),
+        "ts": _thousandths(ts),
         "level": level,
         "logger": logger,
         "msg": msg,
@@ -346,11 +355,11 @@ def _json_line(
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = _json_line(
-            ts=record.created,
-            level=record.levelname.lower(),
-            logger=record.name,
-            msg=record.getMessage(),
-            request_id=getattr(record, "request_id", None) or current_request_id(),
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            getattr(record, "request_id", None) or current_request_id(),
             fields=getattr(record, "fields", {}),
         )
         if record.exc_info:
@@ -388,21 +397,22 @@ def _access_fields(answer: _Answer) -> dict[str, Any]:
         "status": answer.status,
         "outcome": answer.outcome,
         "principal": answer.principal,
-        "duration_ms": round(answer.duration_s * 1000, 3),
+        "duration_ms": _thousandths(answer.duration_s * 1000),
     }
 
 
-def _access_text(answer: _Answer) -> str:
-    """The access line as ``access_log.info("request")`` would have ``_JSONFormatter`` write it."""
+def _access_line(answer: _Answer) -> bytes:
+    """The access line as ``access_log.info("request")`` would have ``_JSONFormatter`` write it,
+    without its line end."""
     line = _json_line(
-        ts=answer.ts,
-        level="info",
-        logger=access_log.name,
-        msg="request",
-        request_id=answer.request_id,
+        answer.ts,
+        "info",
+        access_log.name,
+        "request",
+        answer.request_id,
         fields=_access_fields(answer),
     )
-    return orjson.dumps(line, default=str).decode()
+    return orjson.dumps(line, default=str)
 
 
 class _JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -427,7 +437,8 @@ class _JSONLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_access_lines(self, answers: list[_Answer]) -> None:
         """Write the access lines of ``answers``, in one write; for ``_Ledger.settle``, when
         ``_direct_access_handler`` found this handler the only one they would reach."""
-        self._write("".join([_access_text(answer) + self.terminator for answer in answers]))
+        end = self.terminator.encode()
+        self._write(b"".join([_access_line(answer) + end for answer in answers]).decode())
 
     def _write(self, text: str) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -575,31 +586,34 @@ class _Ledger:
 
 def _count(answers: list[_Answer]) -> None:
     """Count ``answers`` into the request series, the latency histogram and the namespaces."""
-    requests: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
-    latencies: dict[str, tuple[list[int], list[float]]] = {}
-    namespaces: dict[tuple[NamespaceCounters, str], list[int]] = {}
-    for answer in answers:
-        route, outcome = answer.route, answer.outcome
-        requests[route, answer.method, answer.status, outcome] += 1
-        latency = latencies.get(route)
-        if latency is None:
-            latency = latencies[route] = ([0] * (len(_LATENCY_BOUNDS_S) + 1), [0.0])
-        latency[0][_latency_bucket(answer.duration_s)] += 1
-        latency[1][0] += answer.duration_s
-        events = _EVENTS_BY_ANSWER.get((route, outcome))
-        if events is not None and answer.namespace is not None:
-            counted = answer.front.namespaces, answer.namespace
-            counts = namespaces.get(counted)
-            if counts is None:
-                counts = namespaces[counted] = [0] * len(NAMESPACE_EVENTS)
-            for event in events:
-                counts[event] += 1
-            if answer.took_over_lease:
-                counts[_TAKEOVERS] += 1
+    requests = collections.Counter([(a.route, a.method, a.status, a.outcome) for a in answers])
     for series, count in requests.items():
         _request_series(*series).inc(count)
-    for route, (buckets, sum_s) in latencies.items():
-        _observe_many(_latency_series(route), buckets, sum_s[0])
+    durations: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+    for answer in answers:
+        durations[answer.route].append(answer.duration_s)
+    for route, taken in durations.items():
+        buckets = [0] * (len(_LATENCY_BOUNDS_S) + 1)
+        for duration_s in taken:
+            buckets[_latency_bucket(duration_s)] += 1
+        _observe_many(_latency_series(route), buckets, sum(taken))
+    namespaced = collections.Counter(
+        [
+            (a.front.namespaces, a.namespace, a.route, a.outcome, a.took_over_lease)
+            for a in answers
+            if a.namespace is not None
+        ]
+    )
+    namespaces: dict[tuple[NamespaceCounters, str], list[int]] = {}
+    for (counters, namespace, route, outcome, took_over_lease), count in namespaced.items():
+        events = _EVENTS_BY_ANSWER.get((route, outcome))
+        if events is None:
+            continue
+        counts = namespaces.setdefault((counters, namespace), [0] * len(NAMESPACE_EVENTS))
+        for event in events:
+            counts[event] += count
+        if took_over_lease:
+            counts[_TAKEOVERS] += count
     for (counters, namespace), counts in namespaces.items():
         counters.add(namespace, counts)
 
