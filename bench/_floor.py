@@ -8,21 +8,44 @@ and storage client), and what the framework around them costs.
 - ``claiming_app`` also makes the claim, through ``RecordService`` on the storage that
   ``IDEMGATE_STORAGE`` names, then answers the same fixed 201: no routing, no validation, no
   metrics, no log.
+- ``featured_app`` also does, in one function, what the gateway does for every claim besides
+  its framework, with the gateway's own code: a request ID (the caller's or a new one), the
+  path matched as the records lane matches it, the body parsed and validated as a
+  ``ClaimBody``, the answer built from the record with its ``X-Request-Id``, and the ledger
+  entry that counts the claim into the metrics and writes its access line. What the gateway
+  spends beyond it is the cost of its structure: layers, request and response objects, error
+  handling.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import orjson
+
+from idemgate._observability import (
+    _CLAIM_ROUTE,
+    _LEDGER,
+    NamespaceCounters,
+    RequestContextMiddleware,
+    _Answer,
+    configure_logging,
+    flush_logs,
+    new_request_id,
+)
+from idemgate._problems import body_too_large_response, internal_error_response
 from idemgate._records import RecordService
+from idemgate._routers.records import _LANE_PATH, ClaimBody, _parse_json
 from idemgate._settings import Settings
 from idemgate._storage import open_storage
 
-__all__ = ["app", "claiming_app"]
+__all__ = ["app", "claiming_app", "featured_app"]
 
 _ANSWER = b'{"status":"claimed","lease_token":"AAAAAAAAAAAAAAAAAAAAAAAA","attempt":1}'
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_ANSWER))]
 _records: list[RecordService] = []  # set by the lifespan
+_fronts: list[RequestContextMiddleware] = []  # featured_app's, for its ledger entries
 
 
 async def _read_body(receive: Any) -> None:
@@ -54,11 +77,82 @@ async def claiming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _answer(send)
 
 
+async def featured_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    started = time.perf_counter()
+    given_id, _, _ = RequestContextMiddleware._head(scope)
+    request_id = given_id or new_request_id()
+    namespace, key = _LANE_PATH.fullmatch(scope["path"]).group(1, 2)
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = ClaimBody.__pydantic_validator__.validate_python(_parse_json(b"".join(chunks)))
+    claim = await _records[0].claim(
+        namespace,
+        key,
+        fingerprint=body.fingerprint,
+        lease_ms=body.lease_ms,
+        ttl_ms=body.ttl_s * 1000,
+        lease_token=body.lease_token,
+    )
+    record = claim.record
+    answer = orjson.dumps(
+        {
+            "outcome": "claimed",
+            "lease_token": record.lease_token,
+            "attempt": record.attempt,
+            "lease_expires_at": record.lease_expires_at,
+        }
+    )
+    headers = [
+        (b"content-length", b"%d" % len(answer)),
+        (b"content-type", b"application/json"),
+        (b"x-request-id", request_id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 201, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+    _LEDGER.add(
+        _Answer(
+            _fronts[0],
+            _CLAIM_ROUTE,
+            scope["method"],
+            scope["path"],
+            201,
+            "claimed",
+            namespace,
+            False,
+            request_id,
+            None,
+            time.perf_counter() - started,
+            time.time(),
+        )
+    )
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     await receive()
-    storage = open_storage(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)
+    storage = open_storage(settings)
     _records.append(RecordService(storage))
+    _fronts.append(
+        RequestContextMiddleware(
+            app,
+            log_requests=settings.access_log,
+            max_body_bytes=settings.max_result_bytes,
+            namespaces=NamespaceCounters(max_namespaces=settings.metrics_max_namespaces),
+            internal_error=internal_error_response,
+            body_too_large=body_too_large_response,
+            settle_interval_ms=settings.access_log_flush_ms,
+        )
+    )
     await send({"type": "lifespan.startup.complete"})
     await receive()
     await storage.close()
+    flush_logs()
     await send({"type": "lifespan.shutdown.complete"})

@@ -96,10 +96,15 @@ class Lab:
             yield served.url
 
     @contextlib.contextmanager
-    def floor_process(self, storage: str | None = None) -> Iterator[Served]:
-        """``floor_server``, with the process's ID too."""
+    def floor_process(
+        self, storage: str | None = None, *, featured: bool = False
+    ) -> Iterator[Served]:
+        """``floor_server``, with the process's ID too; ``featured``: ``featured_app``."""
         port = free_port()
-        app = "bench._floor:claiming_app" if storage else "bench._floor:app"
+        if storage:
+            app = "bench._floor:featured_app" if featured else "bench._floor:claiming_app"
+        else:
+            app = "bench._floor:app"
         lifespan = "on" if storage else "off"
         command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
         command += ["--loop", "uvloop", "--lifespan", lifespan, "--no-access-log"]

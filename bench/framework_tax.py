@@ -1,12 +1,16 @@
 """Framework tax: the gateway's CPU per claim and claims/s against floors, under wrk.
 
-Three servers per backend, all under uvicorn with the gateway's loop and HTTP protocol and one
+Four servers per backend, all under uvicorn with the gateway's loop and HTTP protocol and one
 worker, take turns under the same wrk load (16 connections posting claims of fresh keys):
 
 - *constant answer*: ``bench._floor.app``, which reads the request and answers a fixed 201;
   what the HTTP server costs, the ceiling of any ASGI app on these settings.
 - *no-framework floor*: ``bench._floor.claiming_app``, which also makes the claim through the
   gateway's ``RecordService`` on the same storage: no routing, validation, metrics or log.
+- *features, no framework*: ``bench._floor.featured_app``, the floor plus what the gateway does
+  for each claim besides its framework (request ID, path match, body validation, answer,
+  metrics and access line), in one function with the gateway's own code; what the gateway
+  spends beyond it is the cost of its structure.
 - *gateway*: ``idemgate serve`` with its defaults (access log on, to a file).
 
 CPU is what the server's process and its children used (``/proc/PID/stat``) over each run,
@@ -32,6 +36,7 @@ TAX_GOAL = 1.3
 THROUGHPUT_GOAL = 0.75
 CONSTANT = "constant answer"
 FLOOR = "no-framework floor"
+FEATURED = "features, no framework"
 GATEWAY = "gateway"
 
 
@@ -51,14 +56,22 @@ class _Tally:
 
 
 @contextlib.contextmanager
-def _servers(lab: Lab, storage: str, floor_storage: str) -> Iterator[dict[str, Served]]:
+def _servers(
+    lab: Lab, storage: str, floor_storage: str, featured_storage: str
+) -> Iterator[dict[str, Served]]:
     with (
         lab.floor_process() as constant,
         lab.floor_process(floor_storage) as floor,
+        lab.floor_process(featured_storage, featured=True) as featured,
         lab.gateway(storage) as gateway,
     ):
         assert gateway.pid is not None
-        yield {CONSTANT: constant, FLOOR: floor, GATEWAY: Served(gateway.url, gateway.pid)}
+        yield {
+            CONSTANT: constant,
+            FLOOR: floor,
+            FEATURED: featured,
+            GATEWAY: Served(gateway.url, gateway.pid),
+        }
 
 
 def _measure(lab: Lab, servers: dict[str, Served], *, seconds: float) -> dict[str, _Tally]:
@@ -95,12 +108,13 @@ def run(lab: Lab, *, seconds: float) -> Section:
         "SQLite": (
             f"sqlite:///{lab.sqlite_path('tax-gateway')}",
             f"sqlite:///{lab.sqlite_path('tax-floor')}",
+            f"sqlite:///{lab.sqlite_path('tax-featured')}",
         ),
-        "DynamoDB": (dynamodb, dynamodb),
+        "DynamoDB": (dynamodb, dynamodb, dynamodb),
     }
     measured: dict[str, dict[str, _Tally]] = {}
-    for backend, (storage, floor_storage) in backends.items():
-        with _servers(lab, storage, floor_storage) as servers:
+    for backend, storages in backends.items():
+        with _servers(lab, *storages) as servers:
             measured[backend] = _measure(lab, servers, seconds=seconds)
     rows = []
     targets = []
@@ -118,7 +132,7 @@ def run(lab: Lab, *, seconds: float) -> Section:
                     ratio_text(tally.per_second / tallies[CONSTANT].per_second),
                 ]
             )
-        gateway = tallies[GATEWAY]
+        gateway, featured = tallies[GATEWAY], tallies[FEATURED]
         tax = gateway.cpu_us / floor.cpu_us
         targets.append(
             Target(
@@ -127,7 +141,11 @@ def run(lab: Lab, *, seconds: float) -> Section:
                 goal=TAX_GOAL,
                 at_most=True,
                 shown_as=ratio_text(tax),
-                basis=f"{gateway.cpu_us:.0f} µs vs {floor.cpu_us:.0f} µs per claim, 1 worker",
+                basis=(
+                    f"{gateway.cpu_us:.0f} µs vs {floor.cpu_us:.0f} µs per claim, 1 worker; "
+                    f"its features with no framework {featured.cpu_us:.0f} µs "
+                    f"({ratio_text(featured.cpu_us / floor.cpu_us)})"
+                ),
             )
         )
     sqlite = measured["SQLite"]
@@ -151,16 +169,19 @@ def run(lab: Lab, *, seconds: float) -> Section:
     return Section(
         title="Framework tax: CPU per claim against floors",
         method=(
-            f"Per backend, three 1-worker servers under uvicorn with the gateway's loop and "
+            f"Per backend, four 1-worker servers under uvicorn with the gateway's loop and "
             f"HTTP protocol: *{CONSTANT}* (`bench/_floor.py` `app`: reads the request, answers a "
             f"fixed 201), *{FLOOR}* (`claiming_app`: the same, making the claim through the "
-            f"gateway's `RecordService` and storage client first) and the *{GATEWAY}* "
-            "(`idemgate serve`, default settings, access log to a file). After a warm-up of at "
+            f"gateway's `RecordService` and storage client first), *{FEATURED}* "
+            "(`featured_app`: the floor plus, in one function and with the gateway's own code, "
+            "its request ID, path match, body validation, answer, metrics and access line) and "
+            f"the *{GATEWAY}* (`idemgate serve`, default settings, access log to a file; its "
+            f"CPU beyond *{FEATURED}*'s is the cost of its structure). After a warm-up of at "
             f"least 1 s each, they take turns under wrk ({CONNECTIONS} connections, 2 threads, "
             f"claims of fresh keys) for {ROUNDS} rounds of {max(1, round(seconds / ROUNDS))} s. "
             "CPU per request is the user and system CPU of the server's processes "
-            "(`/proc/PID/stat`) over the runs divided by the requests answered; the floor and "
-            "the gateway on SQLite each use a fresh file."
+            "(`/proc/PID/stat`) over the runs divided by the requests answered; on SQLite each "
+            "server that claims uses a fresh file."
         ),
         tables=[
             Table(
