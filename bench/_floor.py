@@ -1,8 +1,9 @@
 """Floors under any Python ASGI gateway here: uvicorn and the claim's own work, no framework.
 
-Run by section 3 with the gateway's own uvicorn settings, so the time the gateway adds can be
-split into what the HTTP server costs on this box, what the claim itself costs (record logic
-and storage client), and what the framework around them costs.
+Run by the gateway overhead and framework tax sections with the gateway's own uvicorn
+settings, so the time the gateway adds can be split into what the HTTP server costs on this
+box, what the claim itself costs (record logic and storage client), what the gateway's
+features cost, and what the framework around them costs.
 
 - ``app`` reads the claim and answers a fixed 201.
 - ``claiming_app`` also makes the claim, through ``RecordService`` on the storage that
@@ -140,6 +141,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
     configure_logging(settings.log_level)
     storage = open_storage(settings)
     _records.append(RecordService(storage))
+    # Never called: the ledger reads its entries' interval, access-log switch and namespace
+    # counters from the request context that answered them.
     _fronts.append(
         RequestContextMiddleware(
             app,
