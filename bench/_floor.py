@@ -37,7 +37,7 @@ from idemgate._observability import (
 )
 from idemgate._problems import body_too_large_response, internal_error_response
 from idemgate._records import RecordService
-from idemgate._routers.records import _LANE_PATH, ClaimBody, _parse_json
+from idemgate._routers.records import _LANE_PATH, ClaimBody, _claimed, _claiming, _parse_json
 from idemgate._settings import Settings
 from idemgate._storage import open_storage
 
@@ -93,23 +93,8 @@ async def featured_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     body = ClaimBody.__pydantic_validator__.validate_python(_parse_json(b"".join(chunks)))
-    claim = await _records[0].claim(
-        namespace,
-        key,
-        fingerprint=body.fingerprint,
-        lease_ms=body.lease_ms,
-        ttl_ms=body.ttl_s * 1000,
-        lease_token=body.lease_token,
-    )
-    record = claim.record
-    answer = orjson.dumps(
-        {
-            "outcome": "claimed",
-            "lease_token": record.lease_token,
-            "attempt": record.attempt,
-            "lease_expires_at": record.lease_expires_at,
-        }
-    )
+    claim = await _claiming(_records[0], namespace, key, body)
+    answer = orjson.dumps(_claimed(claim.record))
     headers = [
         (b"content-length", b"%d" % len(answer)),
         (b"content-type", b"application/json"),

@@ -625,9 +625,8 @@ def _log_access_lines(answers: list[_Answer]) -> None:
     if direct is not None:
         direct.write_access_lines(answers)
         return
-    for (
-        answer
-    ) in answers:  # as access_log.info would, without looking up the caller's file and line
+    # As access_log.info would, without looking up the caller's file and line.
+    for answer in answers:
         record = access_log.makeRecord(
             access_log.name,
             logging.INFO,

@@ -25,6 +25,7 @@ from idemgate._exceptions import (
     PayloadTooLargeError,
 )
 from idemgate._problems import documented_problem
+from idemgate._records import Claim, RecordService
 from idemgate._storage import Record, Status
 
 __all__ = ["RecordsLane", "listing_router", "router"]
@@ -378,6 +379,43 @@ def _result_json(result: Any, max_bytes: int) -> str:
     return text
 
 
+def _claiming(
+    records: RecordService, namespace: str, key: str, body: ClaimBody
+) -> Coroutine[Any, Any, Claim]:
+    """The claim ``body`` asks for, waiting for another holder's outcome if it says so.
+
+    Returns the call unawaited: the caller awaits it, with no coroutine of this function's own.
+    """
+    if body.wait_ms:
+        return records.claim_waiting(
+            namespace,
+            key,
+            fingerprint=body.fingerprint,
+            lease_ms=body.lease_ms,
+            ttl_ms=body.ttl_s * 1000,
+            wait_ms=body.wait_ms,
+            lease_token=body.lease_token,
+        )
+    return records.claim(
+        namespace,
+        key,
+        fingerprint=body.fingerprint,
+        lease_ms=body.lease_ms,
+        ttl_ms=body.ttl_s * 1000,
+        lease_token=body.lease_token,
+    )
+
+
+def _claimed(record: Record) -> dict[str, Any]:
+    """The 201 answer of a claim that ``record``'s holder now runs."""
+    return {
+        "outcome": "claimed",
+        "lease_token": record.lease_token,
+        "attempt": record.attempt,
+        "lease_expires_at": record.lease_expires_at,
+    }
+
+
 def _completed(record: Record) -> dict[str, Any]:
     return {
         "outcome": "completed",
@@ -404,41 +442,14 @@ def _completed(record: Record) -> dict[str, Any]:
 async def claim(
     request: Request, namespace: Namespace, key: Key, body: ClaimBody = _NO_CLAIM_BODY
 ) -> Response:
-    records = records_of(request)
-    if body.wait_ms:
-        answer = await records.claim_waiting(
-            namespace,
-            key,
-            fingerprint=body.fingerprint,
-            lease_ms=body.lease_ms,
-            ttl_ms=body.ttl_s * 1000,
-            wait_ms=body.wait_ms,
-            lease_token=body.lease_token,
-        )
-    else:
-        answer = await records.claim(
-            namespace,
-            key,
-            fingerprint=body.fingerprint,
-            lease_ms=body.lease_ms,
-            ttl_ms=body.ttl_s * 1000,
-            lease_token=body.lease_token,
-        )
+    answer = await _claiming(records_of(request), namespace, key, body)
     record = answer.record
     # What the access line and the metrics read: the scope's state, without a State around it.
     state = request.scope["state"]
     if answer.claimed:
         state["outcome"] = "claimed"
         state["attempt"] = record.attempt
-        return _json(
-            {
-                "outcome": "claimed",
-                "lease_token": record.lease_token,
-                "attempt": record.attempt,
-                "lease_expires_at": record.lease_expires_at,
-            },
-            201,
-        )
+        return _json(_claimed(record), 201)
     state["outcome"] = "replayed"
     replay = {**_completed(record), "result": orjson.Fragment(record.result or "null")}
     return _json(replay, 200, _REPLAYED)
