@@ -30,7 +30,7 @@ from idemgate._observability import (
     _LEDGER,
     NamespaceCounters,
     RequestContextMiddleware,
-    _Answer,
+    _new_answer,
     configure_logging,
     flush_logs,
     new_request_id,
@@ -103,19 +103,21 @@ async def featured_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 201, "headers": headers})
     await send({"type": "http.response.body", "body": answer})
     _LEDGER.add(
-        _Answer(
-            _fronts[0],
-            _CLAIM_ROUTE,
-            scope["method"],
-            scope["path"],
-            201,
-            "claimed",
-            namespace,
-            False,
-            request_id,
-            None,
-            time.perf_counter() - started,
-            time.time(),
+        _new_answer(
+            (
+                _fronts[0],
+                _CLAIM_ROUTE,
+                scope["method"],
+                scope["path"],
+                201,
+                "claimed",
+                namespace,
+                False,
+                request_id,
+                None,
+                time.perf_counter() - started,
+                time.time(),
+            )
         )
     )
 

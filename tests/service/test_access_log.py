@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,8 +25,11 @@ from idemgate._app import create_app
 from idemgate._observability import (
     NamespaceCounters,
     RequestContextMiddleware,
+    _Answer,
+    _new_answer,
     access_log,
     configure_logging,
+    new_request_id,
 )
 from idemgate._settings import Settings
 from idemgate.testing import GatewayServer, free_port
@@ -90,6 +94,20 @@ def test_the_direct_access_line_is_the_one_logging_would_write(
     assert (direct["request_id"], logged["request_id"]) == ("direct", "logged")
     assert direct["path"] == "/v1/records/ns/direct/claim"
     assert (direct["status"], direct["outcome"]) == (201, "claimed")
+
+
+def test_an_answer_made_from_a_tuple_is_the_named_tuple() -> None:
+    members = (None, "/v1/records", "POST", "/p", 201, "claimed", "ns", False, "id", None, 0.5, 1.0)
+    made = _new_answer(members)
+    assert type(made) is _Answer
+    assert made == _Answer(*members)
+    assert (made.status, made.request_id, made.ts) == (201, "id", 1.0)
+
+
+def test_new_request_ids_are_32_hex_digits_and_differ() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in ids)
 
 
 def _logged(log: Path) -> list[dict[str, Any]]:

@@ -153,6 +153,8 @@ def _too_deep(raw: bytes) -> bool:
 
 
 _SCALARS = (str, int, bool, type(None))
+# Sought as a byte value: a bytes operand costs bytes.__contains__ a buffer export.
+_BACKSLASH = ord("\\")
 
 
 def _flat_object(raw: bytes) -> dict[str, Any] | None:
@@ -166,7 +168,7 @@ def _flat_object(raw: bytes) -> dict[str, Any] | None:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if type(value) is not dict or b"\\" in raw:
+    if type(value) is not dict or _BACKSLASH in raw:
         return None
     strings = 0
     for member in value.values():
