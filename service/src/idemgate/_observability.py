@@ -174,9 +174,9 @@ def _latency_series(route: str) -> Any:
     return _LATENCY.labels(route)
 
 
-def _latency_bucket(duration_s: float) -> int:
-    """The index of the histogram bucket ``duration_s`` falls in, as ``observe`` finds it."""
-    return bisect.bisect_left(_LATENCY_BOUNDS_S, duration_s)
+# The index of the histogram bucket a duration in seconds falls in, as ``observe`` finds it; a
+# partial, which counting a batch calls for every answer without a Python frame.
+_latency_bucket = functools.partial(bisect.bisect_left, _LATENCY_BOUNDS_S)
 
 
 def _observe_many(series: Any, counts: list[int], sum_s: float) -> None:
@@ -600,35 +600,46 @@ class _Ledger:
 
 
 def _count(answers: list[_Answer]) -> None:
-    """Count ``answers`` into the request series, the latency histogram and the namespaces."""
-    requests = collections.Counter([(a.route, a.method, a.status, a.outcome) for a in answers])
+    """Count ``answers`` into the request series, the latency histogram and the namespaces.
+
+    Each answer is one tuple of what it is counted by; the series are then counted from the few
+    distinct kinds a batch holds.
+    """
+    kinds = collections.Counter(
+        [
+            (
+                a.route,
+                a.method,
+                a.status,
+                a.outcome,
+                a.front.namespaces,
+                a.namespace,
+                a.took_over_lease,
+            )
+            for a in answers
+        ]
+    )
+    requests: collections.Counter[tuple[str, str, int, str]] = collections.Counter()
+    namespaces: dict[tuple[NamespaceCounters, str], list[int]] = {}
+    for (route, method, status, outcome, counters, namespace, took_over), count in kinds.items():
+        requests[route, method, status, outcome] += count
+        events = _EVENTS_BY_ANSWER.get((route, outcome))
+        if namespace is None or events is None:
+            continue
+        counts = namespaces.setdefault((counters, namespace), [0] * len(NAMESPACE_EVENTS))
+        for event in events:
+            counts[event] += count
+        if took_over:
+            counts[_TAKEOVERS] += count
     for series, count in requests.items():
         _request_series(*series).inc(count)
     durations: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
     for answer in answers:
         durations[answer.route].append(answer.duration_s)
     for route, taken in durations.items():
-        buckets = [0] * (len(_LATENCY_BOUNDS_S) + 1)
-        for duration_s in taken:
-            buckets[_latency_bucket(duration_s)] += 1
+        fell = collections.Counter(map(_latency_bucket, taken))
+        buckets = [fell[bucket] for bucket in range(len(_LATENCY_BOUNDS_S) + 1)]
         _observe_many(_latency_series(route), buckets, sum(taken))
-    namespaced = collections.Counter(
-        [
-            (a.front.namespaces, a.namespace, a.route, a.outcome, a.took_over_lease)
-            for a in answers
-            if a.namespace is not None
-        ]
-    )
-    namespaces: dict[tuple[NamespaceCounters, str], list[int]] = {}
-    for (counters, namespace, route, outcome, took_over_lease), count in namespaced.items():
-        events = _EVENTS_BY_ANSWER.get((route, outcome))
-        if events is None:
-            continue
-        counts = namespaces.setdefault((counters, namespace), [0] * len(NAMESPACE_EVENTS))
-        for event in events:
-            counts[event] += count
-        if took_over_lease:
-            counts[_TAKEOVERS] += count
     for (counters, namespace), counts in namespaces.items():
         counters.add(namespace, counts)
 
