@@ -14,7 +14,7 @@ VENV_PYTHON := $(abspath $(VENV))/bin/python
 
 export IDEMGATE_DYNAMODB_LOCAL_DIR := $(abspath $(DDB_LOCAL_DIR))
 
-.PHONY: help run test lint typecheck pytest stack soak bench clean wrk layer promtool chromium
+.PHONY: help run test lint typecheck pytest stack soak bench clean wrk valgrind layer promtool chromium
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8080 (embedded SQLite)"
@@ -44,6 +44,12 @@ wrk:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
 	  else echo "error: the benchmarks need wrk: sudo apt-get install wrk" >&2; exit 1; fi; }
 
+# The instructions benchmark counts with callgrind, from Debian's valgrind package.
+valgrind:
+	@command -v valgrind >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; \
+	  else echo "error: the benchmarks need valgrind: sudo apt-get install valgrind" >&2; exit 1; fi; }
+
 # promtool checks deploy/prometheus-alerts.yml in the tests; Debian ships it in prometheus.
 promtool:
 	@command -v promtool >/dev/null || { \
@@ -66,7 +72,7 @@ lint: $(VENV)/.synced
 typecheck: $(VENV)/.synced
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk promtool chromium
+pytest: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk valgrind promtool chromium
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
@@ -78,7 +84,7 @@ stack: $(VENV)/.synced $(DDB_LOCAL_STAMP)
 soak: $(VENV)/.synced $(DDB_LOCAL_STAMP)
 	$(VENV)/bin/python tools/soak.py $(SOAK_ARGS)
 
-bench: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk
+bench: $(VENV)/.synced $(DDB_LOCAL_STAMP) wrk valgrind
 	$(VENV)/bin/python -m bench
 
 clean:

@@ -95,8 +95,9 @@ def rerun_text(*, command: str, benchmarks: Sequence[str]) -> list[str]:
     """How to run the suite again, or some of it."""
     return [
         f"`make bench` runs every benchmark and rewrites this file (this one came from "
-        f"`{command}`). It needs wrk (Debian's `wrk` package: `make bench` installs it when run "
-        "as root), Java 17+ and npm for DynamoDB Local. `.venv/bin/python -m bench --only NAME "
+        f"`{command}`). It needs wrk and valgrind (Debian's `wrk` and `valgrind` packages: "
+        "`make bench` installs them when run as root), Java 17+ and npm for DynamoDB Local. "
+        "`.venv/bin/python -m bench --only NAME "
         f"...` runs some of them ({', '.join(f'`{name}`' for name in benchmarks)}), `--quick` "
         "only checks that the suite works (its figures mean nothing), and `--output PATH` "
         "writes the report elsewhere. Each run starts its own gateways and DynamoDB Local on "

