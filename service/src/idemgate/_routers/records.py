@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -388,17 +389,12 @@ def _claiming(
 
     Returns the call unawaited: the caller awaits it, with no coroutine of this function's own.
     """
-    if body.wait_ms:
-        return records.claim_waiting(
-            namespace,
-            key,
-            fingerprint=body.fingerprint,
-            lease_ms=body.lease_ms,
-            ttl_ms=body.ttl_s * 1000,
-            wait_ms=body.wait_ms,
-            lease_token=body.lease_token,
-        )
-    return records.claim(
+    claim = (
+        functools.partial(records.claim_waiting, wait_ms=body.wait_ms)
+        if body.wait_ms
+        else records.claim
+    )
+    return claim(
         namespace,
         key,
         fingerprint=body.fingerprint,
