@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import framework_tax
 from bench._stats import ratio_text
 from bench.report import Section, Table
 
@@ -32,7 +33,11 @@ __all__ = ["ValgrindMissingError", "measure", "require_valgrind", "run"]
 
 # The smaller run of each pair: enough for the ledger to settle a few batches in both.
 BASE_CLAIMS = 500
-NAMES = {"floor": "no-framework floor", "featured": "features, no framework", "gateway": "gateway"}
+NAMES = {
+    "floor": framework_tax.FLOOR,
+    "featured": framework_tax.FEATURED,
+    "gateway": framework_tax.GATEWAY,
+}
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
