@@ -37,7 +37,7 @@ from idemgate._observability import (
 )
 from idemgate._problems import body_too_large_response, internal_error_response
 from idemgate._records import RecordService
-from idemgate._routers.records import _LANE_PATH, ClaimBody, _claimed, _claiming, _parse_json
+from idemgate._routers.records import _LANE_PATH, ClaimBody, _claimed, _claiming, _read_body
 from idemgate._settings import Settings
 from idemgate._storage import open_storage
 
@@ -49,7 +49,7 @@ _records: list[RecordService] = []  # set by the lifespan
 _fronts: list[RequestContextMiddleware] = []  # featured_app's, for its ledger entries
 
 
-async def _read_body(receive: Any) -> None:
+async def _drain_body(receive: Any) -> None:
     while (await receive()).get("more_body"):
         pass
 
@@ -61,7 +61,7 @@ async def _answer(send: Any) -> None:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
-        await _read_body(receive)
+        await _drain_body(receive)
         await _answer(send)
 
 
@@ -71,7 +71,7 @@ async def claiming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif scope["type"] == "http":
         # /v1/records/{namespace}/{key}/claim, as wrk's claims.lua posts it
         namespace, key = scope["path"].split("/")[3:5]
-        await _read_body(receive)
+        await _drain_body(receive)
         await _records[0].claim(
             namespace, key, fingerprint=None, lease_ms=60_000, ttl_ms=86_400_000
         )
@@ -86,13 +86,7 @@ async def featured_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     given_id, _, _ = RequestContextMiddleware._head(scope)
     request_id = given_id or new_request_id()
     namespace, key = _LANE_PATH.fullmatch(scope["path"]).group(1, 2)
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = ClaimBody.__pydantic_validator__.validate_python(_parse_json(b"".join(chunks)))
+    body = await _read_body(receive, ClaimBody)
     claim = await _claiming(_records[0], namespace, key, body)
     answer = orjson.dumps(_claimed(claim.record))
     headers = [
