@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -726,7 +726,9 @@ class RequestContextMiddleware:
                 body_pending = False
             return message
 
-        async def send_with_request_id(message: Message) -> None:
+        def send_with_request_id(message: Message) -> Awaitable[None]:
+            # The server's own send, returned for the caller to await: no coroutine of this
+            # function's own for every message.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -734,7 +736,7 @@ class RequestContextMiddleware:
                 if body_pending:
                     headers.append(_CONNECTION_CLOSE)
                 message["headers"] = headers
-            await send(message)
+            return send(message)
 
         token = _request_id.set(request_id)
         try:
