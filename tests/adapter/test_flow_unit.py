@@ -22,6 +22,7 @@ from lambda_adapter import (
     idempotent,
     idempotent_function,
 )
+from lambda_adapter._persistence import _dumps, _json_object
 from lambda_adapter.testing import FakeLambdaContext
 
 Answer = Callable[[httpx.Request], httpx.Response]
@@ -390,3 +391,33 @@ def test_idempotent_function_leases_the_registered_invocation_time() -> None:
     charge(order={"id": 1})
     assert 1900 <= gateway.body(0)["lease_ms"] <= 2000
     assert gateway.requests[0].url.path.split("/")[-2].startswith(f"fn.{__name__}.")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"lease_token": "t-1"},
+        {"fingerprint": "é" * 3, "lease_ms": 60_000, "ttl_s": 86_400, "wait_ms": 0},
+        {"lease_token": "t-1", "result": {"nested": [1, 2.5, None, True, "\u2028"]}},
+    ],
+)
+def test_request_bodies_are_the_compact_json_of_json_dumps(body: dict[str, Any]) -> None:
+    assert _dumps(body) == json.dumps(body, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"outcome":"claimed","attempt":2}', {"outcome": "claimed", "attempt": 2}),
+        ('{"result":"é€"}'.encode(), {"result": "é€"}),
+        (b"[1,2]", {}),
+        (b"<html>502 Bad Gateway</html>", {}),
+        ('{"result":"é"}'.encode("latin-1"), {}),
+        (b"", {}),
+    ],
+    ids=["object", "utf-8", "not-an-object", "html", "not-utf-8", "empty"],
+)
+def test_answers_are_read_as_a_json_object_or_nothing(
+    content: bytes, expected: dict[str, Any]
+) -> None:
+    assert _json_object(content) == expected

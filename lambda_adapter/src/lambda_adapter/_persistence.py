@@ -414,14 +414,20 @@ def _plain_headers(headers: list[tuple[bytes, bytes]]) -> bool:
     return not any(b"\r" in value or b"\n" in value for _, value in headers)
 
 
+# What json.dumps and json.loads would make for these arguments on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def _json_object(content: bytes) -> dict[str, Any]:
+    """The gateway's JSON object (UTF-8, as RFC 8259 has it); {} for anything else."""
     try:
-        body = json.loads(content)
-    except ValueError:  # e.g. a load balancer's HTML error page
+        body = _DECODER.decode(content.decode())
+    except ValueError:  # e.g. a load balancer's HTML error page; UnicodeDecodeError is one too
         return {}
     return body if isinstance(body, dict) else {}
 
