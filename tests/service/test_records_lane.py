@@ -71,6 +71,19 @@ def test_an_error_from_a_handler_gets_fastapis_answer(
     assert problem["request_id"] == "same-id"
 
 
+def test_a_claim_gets_the_same_answer_from_the_lane_and_from_fastapi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lane").mkdir()
+    (tmp_path / "fastapi").mkdir()
+    served = _answer(tmp_path / "lane", monkeypatch, lane=True)
+    routed = _answer(tmp_path / "fastapi", monkeypatch, lane=False)
+    for status, content_type, claimed in (served, routed):
+        assert (status, content_type) == (201, "application/json")
+        assert (claimed["outcome"], claimed["attempt"]) == ("claimed", 1)
+    assert served[2].keys() == routed[2].keys()
+
+
 def _lane_for(declare: Callable[[APIRouter], object]) -> RecordsLane:
     routes = APIRouter(prefix=records.router.prefix, route_class=RecordRoute)
     declare(routes)
