@@ -15,12 +15,19 @@ CONCURRENT_CLAIMS = 50
 
 
 def claim_all_at_once(urls: list[str], path: str) -> Counter[int]:
-    """``CONCURRENT_CLAIMS`` claims of one key, released together, spread over ``urls``."""
+    """``CONCURRENT_CLAIMS`` claims of one key, released together, spread over ``urls``.
+
+    A client per claim, so the claims share no connection pool: one pool shared by all the
+    threads once failed a read on its own side ("Bad file descriptor") under a full run's load.
+    """
     start = threading.Barrier(CONCURRENT_CLAIMS)
-    clients = [httpx.Client(base_url=url, timeout=30) for url in urls]
+    clients = [
+        httpx.Client(base_url=urls[index % len(urls)], timeout=30)
+        for index in range(CONCURRENT_CLAIMS)
+    ]
 
     def one(index: int) -> int:
-        client = clients[index % len(clients)]
+        client = clients[index]
         start.wait()
         return client.post(f"{path}/claim", json={"lease_ms": 60_000}).status_code
 
