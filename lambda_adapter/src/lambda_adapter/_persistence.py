@@ -406,7 +406,7 @@ class GatewayPersistenceLayer:
         head, content = transport.exchange(
             self._origin, message, keep_alive=True, timeouts=timeouts
         )
-        return _Answer(head.status, _json_object(content), head.by_name())
+        return _Answer(head.status, _json_object(content), head.headers)
 
 
 def _plain_headers(headers: list[tuple[bytes, bytes]]) -> bool:

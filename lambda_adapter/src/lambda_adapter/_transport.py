@@ -77,10 +77,16 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 # What httpx leaves unescaped in a URL path.
 _PATH_SAFE = "/:@!$&'()*+,;=%-._~"
 _NO_BODY_STATUSES = frozenset({204, 304})
-_HTTP_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The grammar of RFC 9112, on a head decoded as Latin-1: a status line, then header lines whose
+# values are visible characters, with blanks only between them (around them they are dropped).
+_STATUS_LINE = re.compile(r"(HTTP/1\.[01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_FIELD_LINE = re.compile(
+    r"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*+"
+    r"((?:[\x21-\x7e\x80-\xff]++|[ \t]++(?=[\x21-\x7e\x80-\xff]))*+)[ \t]*+\r\n",
+    re.MULTILINE,
+)
 # Bounded, so a hostile Content-Length cannot become a huge int (a ValueError past 4,300 digits).
-_LENGTH = re.compile(rb"[0-9]{1,18}")
+_LENGTH = re.compile(r"[0-9]{1,18}")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 _Origin = tuple[bytes, bytes, int]
@@ -172,7 +178,7 @@ def post(
     message = _head(fields) + b"\r\n\r\n" + body
     timeouts = {"connect": timeout, "read": timeout, "write": timeout}
     head, content = direct.exchange(origin, message, keep_alive=True, timeouts=timeouts)
-    return head.status, head.by_name(), content
+    return head.status, head.headers, content
 
 
 def through_httpx(
@@ -279,10 +285,15 @@ class DeadlineTransport:
         # A stream, not content=: httpx would add a Content-Length the server did not send.
         return httpx.Response(
             head.status,
-            headers=head.fields,
+            headers=[
+                (name.encode("latin-1"), value.encode("latin-1")) for name, value in head.fields
+            ],
             stream=httpx.ByteStream(body),
             request=request,
-            extensions={"http_version": head.version, "reason_phrase": head.reason},
+            extensions={
+                "http_version": head.version.encode(),
+                "reason_phrase": head.reason.encode("latin-1"),
+            },
         )
 
     def exchange(
@@ -535,54 +546,69 @@ class _Reader:
 
 
 class _ResponseHead:
-    """A response's status line and header fields, parsed strictly."""
+    """A response's status line and header fields, parsed strictly (RFC 9112 sections 4 and 5).
 
-    __slots__ = ("chunked", "content_length", "fields", "keep_alive", "reason", "status", "version")
+    Decoded as Latin-1, so every byte is one character and obs-text survives as it came.
+    """
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "fields",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "version",
+    )
 
     def __init__(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        line_breaks = len(lines) - 1
-        if head.count(b"\r") != line_breaks or head.count(b"\n") != line_breaks:
-            raise RemoteProtocolError("a bare CR or LF in the response head")
-        self.version, _, rest = lines[0].partition(b" ")
-        status, _, self.reason = rest.partition(b" ")
-        if self.version not in _HTTP_VERSIONS or len(status) != 3 or not status.isdigit():
-            raise RemoteProtocolError(f"malformed status line {lines[0][:100]!r}")
-        self.status = int(status)
-        self.fields: list[tuple[bytes, bytes]] = []
-        self.content_length: int | None = None
-        self.chunked = False
-        connection: list[bytes] = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
-                raise RemoteProtocolError(f"malformed header line {line[:100]!r}")
-            value = value.strip(b" \t")
-            self.fields.append((name, value))
-            field = name.lower()
-            if field == b"content-length":
-                if not _LENGTH.fullmatch(value) or self.content_length not in (None, int(value)):
-                    raise RemoteProtocolError(f"invalid Content-Length {value[:32]!r}")
-                self.content_length = int(value)
-            elif field == b"transfer-encoding":
-                if self.chunked or value.lower() != b"chunked":
-                    raise RemoteProtocolError(f"unsupported Transfer-Encoding {value[:32]!r}")
-                self.chunked = True
-            elif field == b"connection":
-                connection.append(value)
-        options = _connection_options(connection)
+        text = head.decode("latin-1")
+        status_line, has_fields, block = text.partition("\r\n")
+        status = _STATUS_LINE.fullmatch(status_line)
+        if status is None:
+            raise RemoteProtocolError(f"malformed status line {status_line[:100]!r}")
+        self.version, code, self.reason = status.groups("")
+        self.status = int(code)
+        # Each match is one whole line ending at a line feed: as many matches as line feeds,
+        # or some line (a bare CR or LF in it, a bad name or value) did not match.
+        self.fields: list[tuple[str, str]] = (
+            _FIELD_LINE.findall(block + "\r\n") if has_fields else []
+        )
+        if has_fields and len(self.fields) != block.count("\n") + 1:
+            raise RemoteProtocolError(f"a malformed header line in {block[:100]!r}")
+        # By lower-case name, the values of a repeated one joined with ", ", as HTTP allows.
+        headers: dict[str, str] = {}
+        for name, value in self.fields:
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        self.headers = headers
+        self.content_length = _content_length(headers.get("content-length"))
+        encoding = headers.get("transfer-encoding")
+        if encoding is not None and encoding.lower() != "chunked":
+            raise RemoteProtocolError(f"unsupported Transfer-Encoding {encoding[:32]!r}")
+        self.chunked = encoding is not None
+        connection = headers.get("connection")
+        options = _connection_options([connection.encode("latin-1")]) if connection else set()
         # HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 closes it unless told.
         self.keep_alive = b"close" not in options and (
-            self.version == b"HTTP/1.1" or b"keep-alive" in options
+            self.version == "HTTP/1.1" or b"keep-alive" in options
         )
 
-    def by_name(self) -> dict[str, str]:
-        """The header fields by lower-case name, repeated ones joined with ", "."""
-        fields: dict[str, str] = {}
-        for name, value in self.fields:
-            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        return fields
+
+def _content_length(value: str | None) -> int | None:
+    """A Content-Length value as a number of bytes."""
+    if value is None:
+        return None
+    length = value
+    if "," in value:
+        # Two Content-Length lines, joined: a list of one length repeated is that length
+        # (RFC 9110 section 8.6).
+        lengths = {part.strip(" \t") for part in value.split(",")}
+        length = lengths.pop() if len(lengths) == 1 else ""
+    if not _LENGTH.fullmatch(length):
+        raise RemoteProtocolError(f"invalid Content-Length {value[:32]!r}")
+    return int(length)
 
 
 def _read_response(reader: _Reader, *, head_request: bool) -> tuple[_ResponseHead, bytes, bool]:
