@@ -22,7 +22,7 @@ from lambda_adapter import (
     idempotent,
     idempotent_function,
 )
-from lambda_adapter._persistence import _dumps, _json_object
+from lambda_adapter._persistence import Claimed, Invocation, _json_object
 from lambda_adapter.testing import FakeLambdaContext
 
 Answer = Callable[[httpx.Request], httpx.Response]
@@ -393,16 +393,35 @@ def test_idempotent_function_leases_the_registered_invocation_time() -> None:
     assert gateway.requests[0].url.path.split("/")[-2].startswith(f"fn.{__name__}.")
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"lease_token": "t-1"},
-        {"fingerprint": "é" * 3, "lease_ms": 60_000, "ttl_s": 86_400, "wait_ms": 0},
-        {"lease_token": "t-1", "result": {"nested": [1, 2.5, None, True, "\u2028"]}},
-    ],
-)
-def test_request_bodies_are_the_compact_json_of_json_dumps(body: dict[str, Any]) -> None:
-    assert _dumps(body) == json.dumps(body, separators=(",", ":")).encode()
+@pytest.mark.parametrize("fingerprint", [None, 'é\u2028"\\' * 3])
+@pytest.mark.parametrize("wait_ms", [0, 250])
+def test_request_bodies_are_the_compact_json_of_json_dumps(
+    fingerprint: str | None, wait_ms: int
+) -> None:
+    gateway = Gateway(claim=[CLAIMED], complete=[COMPLETED], release=[RELEASED])
+    store = gateway.store()
+    invocation = Invocation(None, reserve_ms=0, default_lease_ms=1000)
+    claimed = store.claim(
+        "k-1",
+        fingerprint=fingerprint,
+        lease_ms=60_000,
+        ttl_s=86_400,
+        invocation=invocation,
+        wait_ms=wait_ms,
+    )
+    assert isinstance(claimed, Claimed)
+    token = claimed.lease_token
+    # A result goes as the JSON the caller made of it (the local cache keeps the same bytes).
+    result = json.dumps({"nested": [1, 2.5, None, True, "\u2028"]}, separators=(",", ":"))
+    store.complete("k-1", lease_token=token, result_json=result.encode(), invocation=invocation)
+    store.release("k-1", lease_token=token, invocation=invocation)
+    claim = {"fingerprint": fingerprint, "lease_ms": 60_000, "ttl_s": 86_400, "lease_token": None}
+    sent = [request.content for request in gateway.requests]
+    claim["lease_token"] = json.loads(sent[0])["lease_token"]
+    if wait_ms:
+        claim["wait_ms"] = wait_ms
+    expected = [claim, {"lease_token": token, "result": json.loads(result)}, {"lease_token": token}]
+    assert sent == [json.dumps(body, separators=(",", ":")).encode() for body in expected]
 
 
 @pytest.mark.parametrize(

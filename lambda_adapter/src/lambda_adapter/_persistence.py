@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._config import LambdaContext
@@ -223,6 +224,7 @@ class GatewayPersistenceLayer:
         if token:
             headers.append((b"authorization", f"Bearer {token}".encode("ascii")))
         self._headers = headers
+        self._header_lines = _header_lines(headers)
         self._iam: IamAuthorization | None = None
         if auth == "iam":
             server_id = server_id or os.environ.get("IDEMGATE_AUTH_SERVER_ID") or ""
@@ -258,18 +260,18 @@ class GatewayPersistenceLayer:
         ``lease_token`` (default: a new one) is sent with every try of this claim, so a try
         whose answer was lost (a 503, a timeout) but whose write landed is found again as ours.
         """
-        body: dict[str, Any] = {
-            "fingerprint": fingerprint,
-            "lease_ms": lease_ms,
-            "ttl_s": ttl_s,
-            "lease_token": new_lease_token() if lease_token is None else lease_token,
-        }
         if wait_ms:
             left_ms = invocation.time_left() * 1000 - self.max_call_ms
-            wait_ms = int(min(wait_ms, _MAX_WAIT_MS, left_ms))
-            if wait_ms > 0:
-                body["wait_ms"] = wait_ms
-        answer = self._post(key, "claim", _dumps(body), invocation, wait_ms=max(wait_ms, 0))
+            wait_ms = max(int(min(wait_ms, _MAX_WAIT_MS, left_ms)), 0)
+        # As json.dumps would write it (compact), without its encoder's machinery per call.
+        body = b'{"fingerprint":%s,"lease_ms":%d,"ttl_s":%d,"lease_token":%s%s}' % (
+            _json_string(fingerprint),
+            lease_ms,
+            ttl_s,
+            _json_string(new_lease_token() if lease_token is None else lease_token),
+            b',"wait_ms":%d' % wait_ms if wait_ms else b"",
+        )
+        answer = self._post(key, "claim", body, invocation, wait_ms=wait_ms)
         if answer.status == 201 and "lease_token" in answer.body:
             return Claimed(answer.body["lease_token"])
         if answer.status == 200 and "result" in answer.body:
@@ -301,7 +303,7 @@ class GatewayPersistenceLayer:
     ) -> int | None:
         """Store ``result_json`` (UTF-8 JSON); the record's expiry, epoch seconds, if told."""
         # The result is already JSON (the local cache keeps the same bytes).
-        body = b'{"lease_token":%s,"result":%s}' % (json.dumps(lease_token).encode(), result_json)
+        body = b'{"lease_token":%s,"result":%s}' % (_json_string(lease_token), result_json)
         answer = self._post(key, "complete", body, invocation)
         if answer.status != 200:
             raise _refused(key, "complete", answer, invocation)
@@ -315,7 +317,7 @@ class GatewayPersistenceLayer:
         lease_token: str,
         invocation: Invocation,
     ) -> None:
-        body = _dumps({"lease_token": lease_token})
+        body = b'{"lease_token":%s}' % _json_string(lease_token)
         answer = self._post(key, "release", body, invocation)
         if answer.status != 204:
             raise _refused(key, "release", answer, invocation)
@@ -341,7 +343,7 @@ class GatewayPersistenceLayer:
             if timeout <= 0:
                 break
             try:
-                answer = self._send(url, body, timeout)
+                answer = self._send(key, action, body, timeout)
             except TransportError as exc:
                 cause, failure, gateway_request_id = exc, f"{type(exc).__name__}: {exc}", None
                 if isinstance(exc, TimeoutException):
@@ -372,15 +374,22 @@ class GatewayPersistenceLayer:
             gateway_request_id=gateway_request_id,
         ) from cause
 
-    def _send(self, url: str, body: bytes, timeout: float) -> _Answer:
-        headers = self._headers if self._iam is None else self._iam.headers(self._headers)
+    def _send(self, key: str, action: str, body: bytes, timeout: float) -> _Answer:
+        if self._iam is None:
+            headers, header_lines = self._headers, self._header_lines
+        else:
+            headers = self._iam.headers(self._headers)
+            header_lines = _header_lines(headers)
         with call_deadline(time.monotonic() + timeout):
             transport = self._direct
-            key, _, action = url[len(self._records_url) :].rpartition("/")
-            if transport is not None and _PLAIN_KEY.fullmatch(key) and _plain_headers(headers):
-                return self._exchange(transport, f"{key}/{action}", headers, body, timeout)
+            if transport is not None and header_lines is not None and _PLAIN_KEY.fullmatch(key):
+                return self._exchange(transport, f"{key}/{action}", header_lines, body, timeout)
             status, fields, content = through_httpx(
-                self._transport, url, headers=headers, body=body, timeout=timeout
+                self._transport,
+                f"{self._records_url}{key}/{action}",
+                headers=headers,
+                body=body,
+                timeout=timeout,
             )
         return _Answer(status, _json_object(content), fields)
 
@@ -388,19 +397,18 @@ class GatewayPersistenceLayer:
         self,
         transport: DeadlineTransport,
         raw_path: str,
-        headers: list[tuple[bytes, bytes]],
+        header_lines: bytes,
         body: bytes,
         timeout: float,
     ) -> _Answer:
         """The request ``_send`` would make, written out directly for the default transport."""
-        message = b"".join(
-            [
-                b"POST %s%s HTTP/1.1\r\n" % (self._records_path, raw_path.encode("ascii")),
-                self._host_line,
-                *[name + b": " + value + b"\r\n" for name, value in headers],
-                b"Content-Length: %d\r\n\r\n" % len(body),
-                body,
-            ]
+        message = b"POST %s%s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
+            self._records_path,
+            raw_path.encode("ascii"),
+            self._host_line,
+            header_lines,
+            len(body),
+            body,
         )
         timeouts = {"connect": timeout, "read": timeout, "write": timeout}
         head, content = transport.exchange(
@@ -409,18 +417,20 @@ class GatewayPersistenceLayer:
         return _Answer(head.status, _json_object(content), head.headers)
 
 
-def _plain_headers(headers: list[tuple[bytes, bytes]]) -> bool:
-    """No line break in any field (the transport refuses those: it stays the one to say so)."""
-    return not any(b"\r" in value or b"\n" in value for _, value in headers)
+def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The header fields as the request's lines; None if a line break is in any of them (the
+    transport refuses those: it stays the one to say so)."""
+    if any(b"\r" in value or b"\n" in value for _, value in headers):
+        return None
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
-# What json.dumps and json.loads would make for these arguments on every call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+def _json_string(value: str | None) -> bytes:
+    """``value`` as ``json.dumps`` writes it (``null`` for None), as bytes."""
+    return b"null" if value is None else encode_basestring_ascii(value).encode()
+
+
 _DECODER = json.JSONDecoder()
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return _ENCODER.encode(body).encode()
 
 
 def _json_object(content: bytes) -> dict[str, Any]:

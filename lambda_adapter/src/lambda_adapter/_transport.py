@@ -27,8 +27,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
@@ -97,14 +96,22 @@ _WRITE: _Phase = (WriteTimeout, WriteError)
 _READ: _Phase = (ReadTimeout, ReadError)
 
 
-@contextmanager
-def call_deadline(deadline: float) -> Iterator[None]:
-    """Socket waits inside this block end by ``deadline`` (a ``time.monotonic()`` value)."""
-    token = _deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+class call_deadline:  # named as a function: it is used like one, as contextlib.suppress is
+    """Socket waits inside this block end by ``deadline`` (a ``time.monotonic()`` value).
+
+    A class rather than a generator-based context manager: it wraps every gateway call.
+    """
+
+    __slots__ = ("_deadline", "_token")
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __enter__(self) -> None:
+        self._token = _deadline.set(self._deadline)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _deadline.reset(self._token)
 
 
 def default_ssl_context() -> ssl.SSLContext:
