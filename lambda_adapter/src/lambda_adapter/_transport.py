@@ -102,13 +102,13 @@ class call_deadline:  # named as a function: it is used like one, as contextlib.
     A class rather than a generator-based context manager: it wraps every gateway call.
     """
 
-    __slots__ = ("_deadline", "_token")
+    __slots__ = ("_token", "_until")
 
     def __init__(self, deadline: float) -> None:
-        self._deadline = deadline
+        self._until = deadline
 
     def __enter__(self) -> None:
-        self._token = _deadline.set(self._deadline)
+        self._token = _deadline.set(self._until)
 
     def __exit__(self, *exc_info: object) -> None:
         _deadline.reset(self._token)
