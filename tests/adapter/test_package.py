@@ -153,6 +153,8 @@ def test_a_misconfigured_store_fails_at_init(
     "options",
     [
         {"expires_after_seconds": 0},
+        {"expires_after_seconds": 3600.5},
+        {"default_lease_ms": True},
         {"default_lease_ms": 900_001},
         {"local_cache_max_items": 0},
         {"on_unavailable": "retry"},
@@ -161,6 +163,12 @@ def test_a_misconfigured_store_fails_at_init(
 def test_a_misconfigured_config_fails_at_init(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (each option has its own message)
         IdempotencyConfig(**options)
+
+
+def test_whole_numbers_written_with_a_fraction_are_taken_as_integers() -> None:
+    config = IdempotencyConfig(expires_after_seconds=3600.0, default_lease_ms=5000.0)
+    assert (config.expires_after_seconds, config.default_lease_ms) == (3600, 5000)
+    assert type(config.expires_after_seconds) is type(config.default_lease_ms) is int
 
 
 def test_the_fake_context_counts_down_in_real_time() -> None:

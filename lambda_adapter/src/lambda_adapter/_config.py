@@ -107,6 +107,8 @@ class IdempotencyConfig:
         wait_for_in_progress: bool = False,
         wait_for_result_ms: int = 0,
     ) -> None:
+        expires_after_seconds = _whole("expires_after_seconds", expires_after_seconds)
+        default_lease_ms = _whole("default_lease_ms", default_lease_ms)
         if not 1 <= expires_after_seconds <= _MAX_TTL_S:
             raise ValueError(f"expires_after_seconds must be 1..{_MAX_TTL_S}")
         if not 1 <= default_lease_ms <= _MAX_LEASE_MS:
@@ -145,6 +147,16 @@ class IdempotencyConfig:
         ``DurableContext`` gives its ``lambda_context``.
         """
         self.lambda_context = getattr(lambda_context, "lambda_context", None) or lambda_context
+
+
+def _whole(name: str, value: float) -> int:
+    """``value`` as the whole number the gateway takes (``3600.0`` is 3600); a fraction is
+    refused here, where the gateway would refuse every call that carried it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if type(value) is not int:
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    return value
 
 
 def _compile(expression: str | None, options: dict[str, Any] | None) -> Expression | None:
