@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from idemgate.testing import DynamoDBLocal, DynamoDBLocalMissingError, GatewayServer, free_port
+from idemgate.testing import (
+    DynamoDBLocal,
+    DynamoDBLocalMissingError,
+    GatewayServer,
+    _ServerProcess,
+    _wait_for_port,
+    free_port,
+)
 
 # DynamoDB Local accepts any credentials; the gateways started here inherit these.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
@@ -76,7 +82,7 @@ def namespace() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-class MotoServer:
+class MotoServer(_ServerProcess):
     """moto's server mode on loopback: AWS APIs (IAM, STS, SQS, DynamoDB, ...) in one process.
 
     DynamoDB Local accepts any signature; this server checks SigV4 once ``start`` has created an
@@ -93,29 +99,22 @@ class MotoServer:
         self.port = free_port()
         self.admin: dict[str, str] = {}
         self.admin_arn = ""
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> MotoServer:
-        from idemgate.testing import _wait_for_port
-
+    def _launch(self) -> subprocess.Popen[bytes]:
         command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1"]
-        self._process = subprocess.Popen(
+        return subprocess.Popen(
             [*command, "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        try:
-            _wait_for_port(self.port, self._process, time.monotonic() + 60)
-            self._require_signatures()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _require_signatures(self) -> None:
-        """Make an administrator while anyone may call, then turn signature checks on."""
+    def _wait_ready(self, deadline: float) -> None:
+        """Once it listens, make an administrator while anyone may call, then turn signature
+        checks on."""
+        assert self._process is not None
+        _wait_for_port(self.port, self._process, deadline)
         iam = self.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup")
         self.admin_arn = iam.create_user(UserName="idemgate-test-admin")["User"]["Arn"]
         iam.put_user_policy(
@@ -174,13 +173,6 @@ class MotoServer:
             "aws_secret_access_key": assumed["SecretAccessKey"],
             "aws_session_token": assumed["SessionToken"],
         }
-
-    def stop(self) -> None:
-        from idemgate.testing import _stop
-
-        if self._process is not None:
-            _stop(self._process)
-            self._process = None
 
 
 def _allow(actions: Sequence[str]) -> dict[str, Any]:

@@ -95,7 +95,56 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     _kill(process)
 
 
-class DynamoDBLocal:
+class _ServerProcess:
+    """A server in a subprocess on 127.0.0.1: started, waited for until it serves, and stopped
+    by its own PID (and process group)."""
+
+    port: int
+    _process: subprocess.Popen[bytes] | None = None
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def _wait_ready(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> Self:
+        self._process = self._launch()
+        try:
+            self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; ``start`` runs it again on the same port."""
+        if self._process is not None:
+            _kill(self._process)
+            self._process = None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process)
+            self._process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class DynamoDBLocal(_ServerProcess):
     """DynamoDB Local, in memory (or in ``db_path``), listening on 127.0.0.1 only.
 
     The stock launcher listens on every interface, so a small Java launcher (shipped with this
@@ -113,7 +162,6 @@ class DynamoDBLocal:
         self.install_dir = Path(install_dir or default_dir)
         self.port = port or free_port()
         self.db_path = Path(db_path) if db_path else None
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -154,23 +202,15 @@ class DynamoDBLocal:
             str(self.port),
         ]
 
-    def start(self) -> Self:
-        command = self.command()
-        self._process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    def _launch(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        try:
-            deadline = time.monotonic() + _START_TIMEOUT_S
-            _wait_for_port(self.port, self._process, deadline)
-            self._wait_answering(deadline)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _wait_answering(self, deadline: float) -> None:
-        # The port opens before the server answers; under load the first answer can take seconds.
+    def _wait_ready(self, deadline: float) -> None:
         assert self._process is not None
+        _wait_for_port(self.port, self._process, deadline)
+        # The port opens before the server answers; under load the first answer can take seconds.
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"DynamoDB Local exited with {self._process.returncode}")
@@ -183,34 +223,8 @@ class DynamoDBLocal:
             time.sleep(0.1)
         raise TimeoutError(f"DynamoDB Local on {self.endpoint_url} did not answer in time")
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would; ``start`` runs it again on the same port."""
-        if self._process is not None:
-            _kill(self._process)
-            self._process = None
-
-    def stop(self) -> None:
-        if self._process is not None:
-            _stop(self._process)
-            self._process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class GatewayServer:
+class GatewayServer(_ServerProcess):
     """``idemgate serve`` in a subprocess on 127.0.0.1, ready once ``ready_path`` answers 200.
 
     Wait for ``/healthz`` instead of ``/readyz`` to start a gateway whose storage is down.
@@ -234,17 +248,12 @@ class GatewayServer:
         self.workers = workers
         self.env = {**os.environ, **(env or {})}
         self.extra_args = list(extra_args)
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def start(self) -> Self:
+    def _launch(self) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
             "-m",
@@ -261,15 +270,7 @@ class GatewayServer:
             *self.extra_args,
         ]
         # A group of its own, so that stopping it stops its worker processes too.
-        self._process = subprocess.Popen(
-            command, env=self.env, stderr=self.stderr, start_new_session=True
-        )
-        try:
-            self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return subprocess.Popen(command, env=self.env, stderr=self.stderr, start_new_session=True)
 
     def worker_pids(self) -> list[int]:
         """The processes that serve requests: the worker processes, or the server itself."""
@@ -300,28 +301,6 @@ class GatewayServer:
             connection.close()
             time.sleep(0.05)
         raise TimeoutError(f"gateway at {self.url} was not ready in time")
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would; ``start`` runs it again on the same port."""
-        if self._process is not None:
-            _kill(self._process)
-            self._process = None
-
-    def stop(self) -> None:
-        if self._process is not None:
-            _stop(self._process)
-            self._process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class DelayingProxy:
