@@ -18,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Self
 
 import httpx
@@ -26,14 +25,14 @@ import orjson
 
 from idemgate._settings import Settings
 from idemgate._storage import Record, open_storage
-from idemgate.testing import LOOPBACK, DelayingProxy, DynamoDBLocal, GatewayServer
+from idemgate.testing import LOOPBACK, DelayingProxy, DynamoDBLocal, GatewayServer, _Started
 from lambda_adapter import GatewayPersistenceLayer, idempotent
 from lambda_adapter.testing import FakeLambdaContext
 
 _TARGET = re.compile(rb"x-amz-target:\s*DynamoDB_\d+\.(\w+)", re.IGNORECASE)
 
 
-class AnswerDroppingProxy:
+class AnswerDroppingProxy(_Started):
     """A TCP proxy to ``upstream_port`` that can swallow the answer to one chosen operation."""
 
     def __init__(self, upstream_port: int) -> None:
@@ -98,16 +97,11 @@ class AnswerDroppingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._listener.close()
         self._close(*self._sockets)
 

@@ -95,7 +95,29 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     _kill(process)
 
 
-class _ServerProcess:
+class _Started:
+    """A context manager of ``start`` and ``stop``: ``with Server() as server`` starts it and
+    stops it whatever happens."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _ServerProcess(_Started):
     """A server in a subprocess on 127.0.0.1: started, waited for until it serves, and stopped
     by its own PID (and process group)."""
 
@@ -131,17 +153,6 @@ class _ServerProcess:
         if self._process is not None:
             _stop(self._process)
             self._process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class DynamoDBLocal(_ServerProcess):
@@ -303,7 +314,7 @@ class GatewayServer(_ServerProcess):
         raise TimeoutError(f"gateway at {self.url} was not ready in time")
 
 
-class DelayingProxy:
+class DelayingProxy(_Started):
     """A TCP proxy on 127.0.0.1 to ``upstream_port``, for slow or stalled storage in tests.
 
     Every chunk sent towards the upstream waits ``delay_s`` first (set it at any time), and none
@@ -397,14 +408,3 @@ class DelayingProxy:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
