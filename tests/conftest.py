@@ -24,7 +24,6 @@ from idemgate.testing import (
     DynamoDBLocalMissingError,
     GatewayServer,
     _ServerProcess,
-    _wait_for_port,
     free_port,
 )
 
@@ -111,10 +110,7 @@ class MotoServer(_ServerProcess):
         )
 
     def _wait_ready(self, deadline: float) -> None:
-        """Once it listens, make an administrator while anyone may call, then turn signature
-        checks on."""
-        assert self._process is not None
-        _wait_for_port(self.port, self._process, deadline)
+        """Make an administrator while anyone may call, then turn signature checks on."""
         iam = self.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup")
         self.admin_arn = iam.create_user(UserName="idemgate-test-admin")["User"]["Arn"]
         iam.put_user_policy(

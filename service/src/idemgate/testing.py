@@ -128,6 +128,7 @@ class _ServerProcess(_Started):
         raise NotImplementedError
 
     def _wait_ready(self, deadline: float) -> None:
+        """Once its port accepts connections, wait until it serves."""
         raise NotImplementedError
 
     @property
@@ -136,8 +137,10 @@ class _ServerProcess(_Started):
 
     def start(self) -> Self:
         self._process = self._launch()
+        deadline = time.monotonic() + _START_TIMEOUT_S
         try:
-            self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
+            _wait_for_port(self.port, self._process, deadline)
+            self._wait_ready(deadline)
         except BaseException:
             self.stop()
             raise
@@ -220,7 +223,6 @@ class DynamoDBLocal(_ServerProcess):
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._process is not None
-        _wait_for_port(self.port, self._process, deadline)
         # The port opens before the server answers; under load the first answer can take seconds.
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -301,8 +303,6 @@ class GatewayServer(_ServerProcess):
         return status
 
     def _wait_ready(self, deadline: float) -> None:
-        assert self._process is not None
-        _wait_for_port(self.port, self._process, deadline)
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)
             with contextlib.suppress(OSError):
